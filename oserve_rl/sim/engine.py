@@ -1,0 +1,548 @@
+"""One replica's vLLM-v1-like scheduler on the calibrated performance model.
+
+Rules (one engine iteration; see docs/engine.md for the full write-up):
+
+1. Token budget ``max_num_batched_tokens``. RUNNING requests go first, in
+   admission order: a decoding request takes 1 token, a request still in
+   (chunked) prefill takes ``min(remaining, budget)``. Each needs KV blocks
+   for every token it will have computed by the end of the iteration; if the
+   pool cannot supply them, the most recently admitted running request is
+   preempted (recompute: its blocks are freed, its computed tokens reset, it
+   goes to the FRONT of the waiting queue) until the allocation fits, or the
+   request itself was the one preempted.
+2. If nobody was preempted, WAITING requests are admitted FCFS while budget,
+   ``max_num_seqs`` and KV blocks allow; the first that does not fit stops
+   admission (no skipping). A fresh or preempted request first reuses the
+   longest run of cached full prompt blocks (never the whole prompt), then
+   schedules ``min(rest, budget)`` tokens (all of them if chunked prefill is
+   off, else it waits).
+3. The iteration lasts ``perf.iteration_s_agg`` of the batch. At its end every
+   request whose computed tokens reach its token count samples a token: the
+   first one is the TTFT; a request finishes when it has ``output_tokens``.
+
+Two modes, same rules. ``exact`` runs one Python step per iteration (the
+reference). ``fast`` jumps over runs of pure-decode iterations with a fixed
+batch in closed form (``perf.decode_step_coeffs``): up to the next completion,
+the next external event time, or the last iteration whose KV allocations
+surely succeed, whichever is first. Everything else runs as an exact step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Literal
+
+from oserve_rl.errors import ConfigError, DoesNotFitError
+from oserve_rl.sim.kv_cache import BlockPool, sub_block_keys
+from oserve_rl.sim.requests import STATUS_COMPLETED, STATUS_PENDING, RequestRecorder
+
+__all__ = ["ReplicaEngine", "EngineMode"]
+
+EngineMode = Literal["fast", "exact"]
+_INF = math.inf
+
+
+def _default_engine_config() -> Any:
+    from oserve_rl.perf import EngineConfig
+
+    return EngineConfig()
+
+
+class _Req:
+    """In-flight state of one request on this replica (one object per request, not per iteration)."""
+
+    __slots__ = ("rid", "prompt", "out", "n_out", "computed", "n_blocks", "held", "keys", "n_reg", "kv_pre",
+                 "decoding")
+
+    def __init__(self, rid: int, prompt: int, out: int, n_out: int, keys: list | None, kv_pre: int):
+        self.rid = rid
+        self.prompt = prompt  # input tokens
+        self.out = out  # output tokens wanted
+        self.n_out = n_out  # output tokens sampled so far
+        self.computed = 0  # tokens whose KV is computed
+        self.n_blocks = 0  # KV blocks held
+        self.held: list = []  # prefix-cache keys of held cached blocks
+        self.keys = keys  # chained keys of hashable prompt blocks, or None
+        self.n_reg = 0  # prompt blocks already looked at for registration
+        self.kv_pre = kv_pre  # tokens arriving with KV (migration); consumed at admission
+        self.decoding = False  # computed == tokens - 1 and a token was sampled: next step is a decode
+
+
+class ReplicaEngine:
+    """A single vLLM-like replica (continuous batching, chunked prefill, paged KV, prefix cache).
+
+    The engine has a clock: the time its next iteration may start. ``advance_to(t)``
+    runs every iteration that starts before ``t``; a request added at ``t`` joins
+    the first iteration starting at or after ``t``. Per-request inputs are read
+    from, and outcomes written to, the shared ``recorder``.
+    """
+
+    def __init__(
+        self,
+        perf: Any,
+        engine_cfg: Any = None,
+        mode: EngineMode = "fast",
+        recorder: RequestRecorder | None = None,
+        replica_id: int = 0,
+    ):
+        if mode not in ("fast", "exact"):
+            raise ConfigError(f"ReplicaEngine: mode must be 'fast' or 'exact', got {mode!r}")
+        if recorder is None:
+            raise ConfigError("ReplicaEngine: a RequestRecorder is required (requests are read from it by id)")
+        cfg = engine_cfg if engine_cfg is not None else _default_engine_config()
+        bs = int(cfg.block_size)
+        if bs <= 0 or cfg.max_num_batched_tokens <= 0 or cfg.max_num_seqs <= 0:
+            raise ConfigError(
+                f"engine config: block_size, max_num_batched_tokens and max_num_seqs must be > 0 "
+                f"(got {cfg.block_size}, {cfg.max_num_batched_tokens}, {cfg.max_num_seqs})"
+            )
+        self.perf = perf
+        self.cfg = cfg
+        self.mode: EngineMode = mode
+        self.fast = mode == "fast"
+        self.rec = recorder
+        self.replica_id = int(replica_id)
+        self.block_size = bs
+        self.kv_capacity_blocks = int(perf.kv_capacity_tokens(cfg)) // bs
+        if self.kv_capacity_blocks <= 0:
+            raise DoesNotFitError(f"replica {replica_id}: KV cache has no room for one {bs}-token block")
+        model_len = getattr(perf.model, "max_context", None) if getattr(perf, "model", None) is not None else None
+        self.max_model_len = int(cfg.max_model_len or model_len or 1 << 62)
+        self.token_budget = int(cfg.max_num_batched_tokens)
+        self.max_num_seqs = int(cfg.max_num_seqs)
+        self.chunked = bool(cfg.enable_chunked_prefill)
+        self.prefix_caching = bool(cfg.enable_prefix_caching)
+        self.pool = BlockPool(self.kv_capacity_blocks)
+        self.running: list[_Req] = []
+        self.waiting: deque[_Req] = deque()
+        self.accepting = True
+        self._reqs: dict[int, _Req] = {}
+        self._clock = 0.0
+        self._outstanding = 0
+        self._iter_s = perf.iteration_s_agg
+        self._coeffs: dict[int, tuple[float, float]] = {}
+        self._admitted = 0
+        # Counters (diagnostics, and proof in tests that the fast path is taken).
+        self.num_iterations = 0
+        self.num_exact_steps = 0
+        self.num_fast_jumps = 0
+        self.num_preemptions = 0
+
+    # ------------------------------------------------------------ properties
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return self.pool.used_blocks
+
+    @property
+    def outstanding_tokens(self) -> int:
+        """Tokens still to compute (prefill, recompute and decode) for every request here."""
+        return self._outstanding
+
+    @property
+    def busy_until_s(self) -> float:
+        """End of the last iteration run: the earliest start of the next one."""
+        return self._clock
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def in_flight(self) -> list[int]:
+        """Ids of running then waiting requests."""
+        return [r.rid for r in self.running] + [r.rid for r in self.waiting]
+
+    def next_event_s(self) -> float:
+        """Start time of the next iteration (inf when idle).
+
+        Nothing changes inside the engine before this time. ``advance_to`` with
+        any later time is cheap in fast mode: prefer calling it at the times of
+        external events (arrivals, switches) over stepping event by event.
+        """
+        return self._clock if (self.running or self.waiting) else _INF
+
+    # ---------------------------------------------------------------- input
+    def add_request(self, rid: int, now_s: float, kv_tokens: int = 0) -> bool:
+        """Queue request ``rid`` (read from the recorder) at ``now_s``.
+
+        Returns False if it was rejected (reason recorded). A request that comes
+        back from another replica resumes with the outputs it already has
+        (``recorder.generated_tokens``) and recomputes them, unless ``kv_tokens``
+        of its KV arrive with it.
+        """
+        if not self.accepting:
+            raise RuntimeError(f"replica {self.replica_id} is draining and does not accept requests")
+        if self.running or self.waiting:
+            if self._clock < now_s:
+                self.advance_to(now_s)
+        if not (self.running or self.waiting) and self._clock < now_s:
+            self._clock = now_s
+        rec = self.rec
+        prompt = rec.input_list[rid]
+        out = rec.output_list[rid]
+        rec.replica[rid] = self.replica_id
+        bs = self.block_size
+        if prompt + out > self.max_model_len:
+            rec.reject(rid, "exceeds_max_model_len", now_s)
+            return False
+        peak = prompt + out - 1  # tokens in KV during the last decode step
+        if (peak + bs - 1) // bs > self.kv_capacity_blocks:
+            rec.reject(rid, "exceeds_kv_capacity", now_s)
+            return False
+        if not self.chunked and peak > self.token_budget:
+            rec.reject(rid, "exceeds_max_num_batched_tokens", now_s)
+            return False
+        n_out = int(rec.generated_tokens[rid])
+        keys = None
+        if self.prefix_caching and rec.prefix_hashes is not None:
+            h = rec.prefix_hashes[rid]
+            if h is not None and len(h):
+                keys = sub_block_keys(h.tolist() if hasattr(h, "tolist") else list(h), prompt,
+                                      rec.prefix_block_tokens, bs) or None
+        kv_pre = min(int(kv_tokens), prompt + n_out - 1) if kv_tokens else 0
+        r = _Req(rid, prompt, out, n_out, keys, kv_pre)
+        self._reqs[rid] = r
+        self.waiting.append(r)
+        self._outstanding += peak - kv_pre
+        return True
+
+    # --------------------------------------------------------------- driving
+    def advance_to(self, t_s: float) -> None:
+        """Run every iteration that starts before ``t_s`` (``inf``: until idle)."""
+        fast = self.fast
+        while self._clock < t_s and (self.running or self.waiting):
+            if fast and self._fast_jump(t_s):
+                continue
+            self._exact_step()
+
+    def drain_all(self) -> list[int]:
+        """Stop accepting new requests; in-flight ones finish here. Returns their ids."""
+        self.accepting = False
+        return self.in_flight()
+
+    def pop_running(self) -> list[tuple[int, int]]:
+        """Remove every running and waiting request, freeing its KV.
+
+        Returns ``(request_id, kv_tokens)`` pairs (tokens of KV each held) so the
+        caller can migrate them (``add_request(rid, t, kv_tokens=...)``) or
+        re-queue them (``add_request(rid, t)``: recompute).
+        """
+        out = []
+        gen = self.rec.generated_tokens
+        for r in list(self.running) + list(self.waiting):
+            out.append((r.rid, r.computed))
+            gen[r.rid] = r.n_out
+            self.pool.release(r.held, r.n_blocks)
+            del self._reqs[r.rid]
+        self.running = []
+        self.waiting.clear()
+        self._outstanding = 0
+        return out
+
+    # ------------------------------------------------------------ internals
+    def _coeff(self, b: int) -> tuple[float, float]:
+        c = self._coeffs.get(b)
+        if c is None:
+            base, per = self.perf.decode_step_coeffs(b)
+            c = self._coeffs[b] = (float(base), float(per))
+        return c
+
+    def _preempt(self, r: _Req) -> None:
+        self.pool.release(r.held, r.n_blocks)
+        r.held = []
+        r.n_blocks = 0
+        r.n_reg = 0
+        self._outstanding += r.computed
+        r.computed = 0
+        r.decoding = False
+        self.waiting.appendleft(r)
+        self.rec.preemptions[r.rid] += 1
+        self.num_preemptions += 1
+
+    def _admission_plan(self, r: _Req, budget: int) -> tuple[int, int, int, int] | None:
+        """(start_tokens, new_tokens, new_blocks, hit_blocks) to admit ``r`` now, or None if it does not fit."""
+        bs = self.block_size
+        num_tokens = r.prompt + r.n_out
+        hits = evictable = 0
+        if r.kv_pre:
+            start = r.kv_pre
+        elif r.keys is not None:
+            hits, evictable = self.pool.lookup(r.keys, (num_tokens - 1) // bs)
+            start = hits * bs
+        else:
+            start = 0
+        n = num_tokens - start
+        if n > budget:
+            if not self.chunked:
+                return None
+            n = budget
+        need = (start + n + bs - 1) // bs - hits
+        pool = self.pool
+        if need > pool.free_anon + len(pool.free_cached) - evictable:
+            return None
+        return start, n, need, hits
+
+    def _exact_step(self) -> None:
+        """Schedule and run one engine iteration (the reference semantics)."""
+        T = self._clock
+        bs = self.block_size
+        pool = self.pool
+        free_cached = pool.free_cached
+        running = self.running
+        budget = self.token_budget
+        prefix = self.prefix_caching
+        sched: list[_Req] = []
+        sched_n: list[int] = []
+        num_tokens = 0
+        pairs = 0.0
+        d_seqs = 0
+        d_ctx = 0
+        preempted = False
+
+        # 1. running requests, in admission order
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            c = r.computed
+            n = r.prompt + r.n_out - c
+            if n > budget:
+                n = budget
+            need = (c + n + bs - 1) // bs - r.n_blocks
+            if need > 0:
+                ok = True
+                while need > pool.free_anon + len(free_cached):
+                    victim = running.pop()
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is r:
+                        ok = False
+                        break
+                if not ok:
+                    break
+                pool.allocate(need)
+                r.n_blocks += need
+            if r.keys is not None and r.n_reg < len(r.keys):
+                end = min(len(r.keys), (c + n) // bs)
+                if end > r.n_reg:
+                    pool.register(r.keys, r.n_reg, end, r.held)
+                    r.n_reg = end
+            if r.decoding:
+                d_seqs += 1
+                d_ctx += c
+            else:
+                pairs += n * (c + (n + 1) * 0.5)
+            sched.append(r)
+            sched_n.append(n)
+            num_tokens += n
+            budget -= n
+            i += 1
+
+        # 2. waiting requests, FCFS, only if nobody was preempted this iteration
+        if not preempted:
+            waiting = self.waiting
+            rec = self.rec
+            while waiting and budget > 0 and len(running) < self.max_num_seqs:
+                r = waiting[0]
+                plan = self._admission_plan(r, budget)
+                if plan is None:
+                    break
+                start, n, need, hits = plan
+                waiting.popleft()
+                if hits:
+                    pool.acquire(r.keys, hits, r.held)
+                    rec.cached_tokens[r.rid] += start
+                    r.n_reg = hits
+                pool.allocate(need)
+                r.n_blocks = hits + need
+                r.computed = start
+                if r.kv_pre:
+                    r.kv_pre = 0  # already off outstanding_tokens since add_request
+                else:
+                    self._outstanding -= start
+                r.decoding = start == r.prompt + r.n_out - 1 and r.n_out > 0
+                if prefix and r.keys is not None:
+                    end = min(len(r.keys), (start + n) // bs)
+                    if end > r.n_reg:
+                        pool.register(r.keys, r.n_reg, end, r.held)
+                        r.n_reg = end
+                if rec.first_scheduled_s[r.rid] != rec.first_scheduled_s[r.rid]:  # NaN: first admission
+                    rec.first_scheduled_s[r.rid] = T
+                running.append(r)
+                if r.decoding:
+                    d_seqs += 1
+                    d_ctx += start
+                else:
+                    pairs += n * (start + (n + 1) * 0.5)
+                sched.append(r)
+                sched_n.append(n)
+                num_tokens += n
+                budget -= n
+
+        if not sched:
+            raise RuntimeError(
+                f"replica {self.replica_id}: iteration at t={T} scheduled nothing "
+                f"({len(running)} running, {len(self.waiting)} waiting, {pool.num_free} free blocks)"
+            )
+
+        # 3. run it
+        T_end = T + self._iter_s(num_tokens, len(sched), pairs, d_seqs, d_ctx)
+        self._clock = T_end
+        self._outstanding -= num_tokens
+        self.num_iterations += 1
+        self.num_exact_steps += 1
+        finished = False
+        rec = self.rec
+        for r, n in zip(sched, sched_n):
+            c = r.computed + n
+            r.computed = c
+            if c == r.prompt + r.n_out:
+                r.n_out += 1
+                r.decoding = True
+                if r.n_out == 1:
+                    rec.first_token_s[r.rid] = T_end
+                if r.n_out >= r.out:
+                    finished = True
+        if finished:
+            self._finish_done(T_end)
+
+    def _finish_done(self, T_end: float) -> None:
+        rec = self.rec
+        keep = []
+        for r in self.running:
+            if r.n_out >= r.out:
+                rid = r.rid
+                rec.finish_s[rid] = T_end
+                rec.status[rid] = STATUS_COMPLETED
+                rec.generated_tokens[rid] = r.n_out
+                self.pool.release(r.held, r.n_blocks)
+                del self._reqs[rid]
+            else:
+                keep.append(r)
+        self.running = keep
+
+    def _fast_jump(self, t_s: float) -> bool:
+        """Jump k >= 2 pure-decode iterations at once if the batch is fixed; False if not possible."""
+        running = self.running
+        nd = len(running)
+        if nd == 0 or nd > self.token_budget:
+            return False
+        pool = self.pool
+        cap = pool.free_anon + len(pool.free_cached)
+        if self.waiting:
+            budget_left = self.token_budget - nd
+            if nd < self.max_num_seqs and budget_left > 0:
+                if self._admission_plan(self.waiting[0], budget_left) is not None:
+                    return False
+                # The head is blocked on KV blocks. It stays blocked while free
+                # blocks only shrink and its prefix hits stay cached, so forbid
+                # evictions inside the jump.
+                cap = pool.free_anon
+        k_done = 1 << 62
+        ctx = 0
+        for r in running:
+            if not r.decoding:
+                return False
+            rem = r.out - r.n_out
+            if rem < k_done:
+                k_done = rem
+            ctx += r.computed
+        if k_done < 2:
+            return False
+        base, per = self._coeff(nd)
+        T = self._clock
+        k = k_done
+        if t_s < _INF:
+            # step j starts at T + a*j^2 + b*j; k = number of steps starting before t_s
+            a = 0.5 * per * nd
+            b = base + per * ctx - a
+            d = t_s - T
+            if a > 0.0:
+                j = math.ceil((-b + math.sqrt(b * b + 4.0 * a * d)) / (2.0 * a))
+            else:
+                j = math.ceil(d / b)
+            j = max(j, 1)
+            while j > 1 and T + (a * (j - 1) + b) * (j - 1) >= t_s:
+                j -= 1
+            while T + (a * j + b) * j < t_s:
+                j += 1
+            if j < k:
+                k = j
+            if k < 2:
+                return False
+        bs = self.block_size
+        # ceil((c + k) / bs) - ceil(c / bs) <= ceil(k / bs): if even that bound fits,
+        # every allocation of the jump succeeds and they are counted while updating.
+        if nd * ((k + bs - 1) // bs) > cap:
+            alloc = 0
+            for r in running:
+                alloc += (r.computed + k + bs - 1) // bs - r.n_blocks
+            if alloc > cap:
+                # largest k whose allocations all succeed (the cache is nearly full)
+                lo, hi = 0, k  # alloc(lo) <= cap < alloc(hi)
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    s = 0
+                    for r in running:
+                        s += (r.computed + mid + bs - 1) // bs - r.n_blocks
+                    if s <= cap:
+                        lo = mid
+                    else:
+                        hi = mid
+                k = lo
+                if k < 2:
+                    return False
+        alloc = 0
+        for r in running:
+            c = r.computed + k
+            r.computed = c
+            r.n_out += k
+            nb = (c + bs - 1) // bs
+            alloc += nb - r.n_blocks
+            r.n_blocks = nb
+        if alloc:
+            pool.allocate(alloc)
+        T_end = T + k * base + per * (k * ctx + nd * k * (k - 1) * 0.5)
+        self._clock = T_end
+        self._outstanding -= nd * k
+        self.num_iterations += k
+        self.num_fast_jumps += 1
+        if k == k_done:
+            self._finish_done(T_end)
+        return True
+
+    # ----------------------------------------------------------- invariants
+    def check_invariants(self) -> None:
+        """KV accounting adds up and never exceeds capacity (for tests)."""
+        pool = self.pool
+        # shared prefix blocks are one physical block however many requests hold them
+        held = sum(r.n_blocks - len(r.held) for r in self.running) + len(pool.ref)
+        if pool.used_blocks != held:
+            raise AssertionError(f"KV accounting: pool says {pool.used_blocks} used, requests hold {held}")
+        if not 0 <= pool.used_blocks <= self.kv_capacity_blocks or pool.free_anon < 0:
+            raise AssertionError(f"KV used {pool.used_blocks} outside [0, {self.kv_capacity_blocks}]")
+        refs: dict = {}
+        for r in self.running:
+            for k in r.held:
+                refs[k] = refs.get(k, 0) + 1
+            if r.n_blocks * self.block_size < r.computed:
+                raise AssertionError(f"request {r.rid}: {r.computed} tokens in {r.n_blocks} blocks")
+        if refs != pool.ref:
+            raise AssertionError("prefix-cache reference counts do not match the blocks requests hold")
+        if any(r.n_blocks for r in self.waiting):
+            raise AssertionError("a waiting request holds KV blocks")
+        work = sum(r.prompt + r.out - 1 - r.computed for r in self.running)
+        work += sum(r.prompt + r.out - 1 - r.kv_pre for r in self.waiting)
+        if work != self._outstanding:
+            raise AssertionError(f"outstanding_tokens {self._outstanding} != {work}")
+        if self.rec is not None:
+            for r in self.running:
+                if self.rec.status[r.rid] != STATUS_PENDING:
+                    raise AssertionError(f"request {r.rid} is running but has status {self.rec.status[r.rid]}")

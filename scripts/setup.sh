@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a .venv with oserve-rl installed (editable) and its test tools.
+# torch is pinned to the local CPU build: a looser spec can pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.oserve-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "torch==2.13.0" || echo "note: torch==2.13.0 not available; GPU-profiling tests will skip" >&2
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  rm -f .venv/.oserve-setup-*
+  touch "$stamp"
+fi
