@@ -127,6 +127,8 @@ class ClusterSimulator:
         self._gpu_clock_s = 0.0
         self._draining: list[ReplicaEngine] = []
         self._replica_seq = 0
+        self._perf_by_replica: dict[int, Any] = {}  # every engine ever started, for standalone latencies
+        self._ready_at: list[float] = []  # per current replica: when it accepts (pending ones are None in replicas)
         self._install(deployment, start_s=0.0)
 
     # ------------------------------------------------------------ replicas
@@ -134,11 +136,13 @@ class ClusterSimulator:
         perf = placed.config.perf()
         eng = ReplicaEngine(perf, self.engine_cfg, mode=self.mode, recorder=self.rec, replica_id=self._replica_seq)
         self._replica_seq += 1
+        self._perf_by_replica[eng.replica_id] = perf
         return eng
 
     def _install(self, deployment: Deployment, start_s: float) -> None:
         self.deployment = deployment
         self.replicas: list[ReplicaEngine | None] = [self._new_engine(p) for p in deployment.replicas]
+        self._ready_at = [start_s] * len(self.replicas)
         self.timeline.append((start_s, deployment.spec_string()))
 
     @property
@@ -183,16 +187,23 @@ class ClusterSimulator:
                 gone_at[o] = max(t, eng.busy_until_s)
                 self._draining.append(eng)
         new_engines: list[ReplicaEngine | None] = [None] * len(new.replicas)
+        new_ready_at = [t] * len(new.replicas)
         last_ready = t
         for i in range(len(new.replicas)):
             if i in plan.kept:
                 new_engines[i] = old_engines[plan.kept[i]]
+                if new_engines[i] is not None:
+                    continue
+                # Kept while still loading (an earlier switch started it): it keeps its ready time.
+                ready = max(t, self._ready_at[plan.kept[i]])
             else:
                 ready = plan.ready_at_s(i, t, gone_at)
-                last_ready = max(last_ready, ready)
-                self._push(ready, "ready", (i, new))
+            new_ready_at[i] = ready
+            last_ready = max(last_ready, ready)
+            self._push(ready, "ready", (i, new))
         self.deployment = new
         self.replicas = new_engines
+        self._ready_at = new_ready_at
         self.timeline.append((t, new.spec_string()))
         for rid, kv, o in moved:
             if kv >= self.costs.migrate_min_kv_tokens:
@@ -222,6 +233,11 @@ class ClusterSimulator:
 
     # ------------------------------------------------------------ the loop
     def _dispatch(self, rid: int, t: float, kv_tokens: int = 0) -> None:
+        # Engines move lazily; without this the router would compare outstanding
+        # work as of each replica's last request, not as of now.
+        for eng in self.replicas:
+            if eng is not None and eng.accepting:
+                eng.advance_to(t)
         views = self.views
         i = self.router.choose(rid, int(self.types[rid]), int(self.rec.input_list[rid]), views)
         if i is None:
@@ -316,9 +332,7 @@ class ClusterSimulator:
     def _standalone(self) -> np.ndarray:
         """Each request's latency alone on an idle replica of the config that served it."""
         out = np.full(self.rec.n, np.nan)
-        by_replica: dict[int, Any] = {}
-        for eng in [*(r for r in self.replicas if r is not None), *self._draining]:
-            by_replica[eng.replica_id] = eng.perf
+        by_replica = self._perf_by_replica
         cache: dict[tuple[int, int, int], float] = {}
         rep, inp, outp = self.rec.replica, self.rec.input_list, self.rec.output_list
         done = np.flatnonzero(self.rec.status == 1)
