@@ -89,7 +89,7 @@ def _build(sc, mode: str = "fast") -> ClusterSimulator:
     return sim
 
 
-PROP = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ------------------------------------------------------------ properties

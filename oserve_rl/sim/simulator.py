@@ -205,10 +205,14 @@ class ClusterSimulator:
         self.replicas = new_engines
         self._ready_at = new_ready_at
         self.timeline.append((t, new.spec_string()))
+        # KV of migrated requests crosses the links before they can resume; charged towards the first
+        # replica that starts (or is kept), whose GPUs are where the new deployment has room.
+        dst = new.replicas[plan.starting[0] if plan.starting else 0]
         for rid, kv, o in moved:
             if kv >= self.costs.migrate_min_kv_tokens:
                 migrated += 1
-                self._held.append((rid, kv))
+                lands = t + plan.kv_transfer_s(kv, old.replicas[o], dst)
+                self._push(lands, "land", (rid, kv))
             else:
                 requeued += 1
                 self._held.append((rid, 0))
@@ -258,6 +262,8 @@ class ClusterSimulator:
                 self._switch(et, payload)
             elif kind == "ready":
                 self._ready(et, payload)
+            elif kind == "land":
+                self._dispatch(payload[0], et, payload[1])
 
     def step_to(self, t_s: float) -> None:
         """Process every arrival and event up to ``t_s`` and advance all replicas to it."""
