@@ -103,7 +103,7 @@ class _RowChecker:
         if n_bad > skip_bad_rows:
             raise TraceError(
                 f"{self.where(first)}, {self.first[first]} "
-                f"({n_bad} bad row{'s' if n_bad > 1 else ''} in the file; skip_bad_rows={skip_bad_rows})"
+                f"({n_bad} bad row{'s' if n_bad > 1 else ''} in the file; skip_bad_rows={skip_bad_rows}; CLI: --skip-bad-rows N)"
             )
         shown = ", ".join(str(r + 1) for r in np.flatnonzero(self.bad)[:10])
         notes.append(
@@ -148,7 +148,7 @@ def _order(arrival: np.ndarray, kept_rows: np.ndarray, checker: _RowChecker, fie
         i = int(np.argmax(back)) + 1
         raise TraceError(
             f"{checker.where(int(kept_rows[i]))}, field {field!r}: time goes backwards "
-            f"(earlier than data row {int(kept_rows[i - 1]) + 1}); pass sort=True to sort the trace"
+            f"(earlier than data row {int(kept_rows[i - 1]) + 1}); pass sort=True (CLI: --sort) to sort the trace"
         )
     order = np.argsort(arrival, kind="stable")
     moved = int((order != np.arange(len(order))).sum())
