@@ -3,10 +3,9 @@
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from oserve_rl.errors import ConfigError, DoesNotFitError, UnknownNameError
+from oserve_rl.errors import ConfigError, DoesNotFitError
 from oserve_rl.perf import EngineConfig, replica_perf
 from oserve_rl.perf.predict import predict_points, read_points
 

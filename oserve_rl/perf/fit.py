@@ -39,7 +39,7 @@ from scipy.optimize import least_squares
 
 from oserve_rl.catalog import get_gpu
 from oserve_rl.perf.calibration_data import find_calibration_dir, load_attention, load_network, load_ops
-from oserve_rl.perf.curves import interp_log2, logit, sigmoid, smooth_max
+from oserve_rl.perf.curves import interp_log2, sigmoid, smooth_max
 from oserve_rl.perf.ops import ELEMENTWISE_OPS, GEMM_OPS, LayerGeometry
 
 SCHEMA_VERSION = 1

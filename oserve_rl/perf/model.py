@@ -59,10 +59,6 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     max_model_len: int | None = None
-    # CPU-side cost of one engine step (schedule, prepare inputs, sample, detokenise).
-    # Not in the calibration data: defaults are typical of vLLM v1 with CUDA graphs.
-    step_overhead_s: float = 0.0015
-    per_seq_overhead_s: float = 4e-6
 
     def __post_init__(self):
         checks = [
@@ -71,8 +67,6 @@ class EngineConfig:
             ("block_size", self.block_size in (8, 16, 32, 64, 128)),
             ("gpu_memory_utilization", 0 < self.gpu_memory_utilization <= 1),
             ("max_model_len", self.max_model_len is None or self.max_model_len >= 1),
-            ("step_overhead_s", self.step_overhead_s >= 0),
-            ("per_seq_overhead_s", self.per_seq_overhead_s >= 0),
         ]
         for name, ok in checks:
             if not ok:
@@ -133,6 +127,10 @@ class ReplicaPerf:
     """Calibrated cost model of one replica; build it with :func:`replica_perf` (cached)."""
 
     TABLE_TOKENS = 16384  # precomputed token counts; larger batches are computed on demand
+    # CPU-side cost of one engine step (schedule, prepare inputs, sample, detokenise). Not in the
+    # calibration data: typical of vLLM v1 with CUDA graphs. Override per instance if you measured yours.
+    step_overhead_s = 0.0015
+    per_seq_overhead_s = 4e-6
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, pp: int = 1, link_gbps: float | None = None,
                  inter_node_gbps: float | None = None, params: dict | None = None):
@@ -188,7 +186,6 @@ class ReplicaPerf:
                 # Tokens spread over experts: weights read = experts touched, FLOPs = active experts.
                 e, k = m.num_experts, m.experts_per_token
                 touched = e * (1.0 - (1.0 - k / e) ** n)
-                f, _, _ = self.geom.gemm_cost(op, n * k)
                 out[op] = self._gemm(op, n * k, weight_copies=touched, tokens_for_eff=n * k / np.maximum(touched, 1))
             else:
                 out[op] = self._gemm(op, n)
@@ -279,11 +276,8 @@ class ReplicaPerf:
             v = cache[num_seqs] = float(self.lm_head_s(num_seqs)) if num_seqs > 0 else 0.0
         return v
 
-    engine_cfg_for_overhead = EngineConfig()
-
     def _overhead(self, num_seqs: int) -> float:
-        c = self.engine_cfg_for_overhead
-        return c.step_overhead_s + c.per_seq_overhead_s * num_seqs
+        return self.step_overhead_s + self.per_seq_overhead_s * num_seqs
 
     def prefill_s(self, prompt_tokens: int, batch_size: int = 1) -> float:
         """One iteration that prefills ``batch_size`` prompts of ``prompt_tokens`` tokens (no chunking)."""

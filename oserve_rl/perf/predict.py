@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from oserve_rl.errors import ConfigError, OServeError, UnknownNameError
+from oserve_rl.errors import ConfigError, OServeError
 from oserve_rl.perf.model import replica_perf
 
 POINT_COLUMNS = ("gpu", "model", "tp", "pp", "phase", "batch_size", "prompt_tokens", "context_tokens")
@@ -51,8 +51,6 @@ def predict_points(df: pd.DataFrame, source: str = "points") -> pd.DataFrame:
             raise ConfigError(f"{where}: batch_size and {field} must be > 0, got batch_size={b}, {field}={tokens}")
         try:
             perf = replica_perf(str(row.model), str(row.gpu), tp=tp, pp=pp)
-        except UnknownNameError as e:
-            raise ConfigError(f"{where}: {e}") from None
         except OServeError as e:
             raise ConfigError(f"{where}: {e}") from None
         t = perf.prefill_s(tokens, b) if phase == "prefill" else perf.decode_s(b, tokens)

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from oserve_rl.catalog import get_model
+from oserve_rl.catalog import get_gpu, get_model
 from oserve_rl.perf import fit as F
 from oserve_rl.perf.model import EngineConfig, ReplicaPerf, load_params, replica_perf
-from oserve_rl.perf.ops import ELEMENTWISE_OPS, GEMM_OPS, LAYER_OP_COUNTS
+from oserve_rl.perf.ops import GEMM_OPS, LAYER_OP_COUNTS
 
 PREFILL_TOKENS = (128, 256, 512, 1024, 2048, 4096)
 DECODE_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -44,10 +44,7 @@ def op_errors(inputs: F.CalibrationInputs, params: dict) -> pd.DataFrame:
     rows = []
     ops = inputs.ops[h.ops_mask(inputs.ops)]
     for gpu, sub in ops.groupby("gpu"):
-        p, spec = params["gpus"][gpu], F.PROFILED_GPUS[gpu]
-        from oserve_rl.catalog import get_gpu
-
-        g = get_gpu(spec)
+        p, g = params["gpus"][gpu], get_gpu(F.PROFILED_GPUS[gpu])
         for op, s in sub.groupby("op"):
             if op in GEMM_OPS:
                 pred = F.gemm_time_s(p["gemm"], g.peak_flops, g.hbm_bytes_per_s, s.num_tokens.to_numpy(),
@@ -59,8 +56,6 @@ def op_errors(inputs: F.CalibrationInputs, params: dict) -> pd.DataFrame:
                                       "num_tokens": s.num_tokens, "measured_s": s.time_s, "predicted_s": pred}))
     att = inputs.attention[h.attention_mask(inputs.attention)] if len(inputs.attention) else inputs.attention
     for gpu, s in att.groupby("gpu"):
-        from oserve_rl.catalog import get_gpu
-
         p, g = params["gpus"][gpu], get_gpu(F.PROFILED_GPUS[gpu])
         geo = F.attention_geometry(s.iloc[0])
         pre, dec = s[s.is_prefill], s[~s.is_prefill]
