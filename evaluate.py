@@ -1,21 +1,146 @@
 #!/usr/bin/env python
-"""Compare deployment policies on the same episodes (not yet available).
+"""Compare deployment policies on identical simulated episodes.
 
-Coming with the OServe issue: ``python evaluate.py --cluster CLUSTER --model MODEL
---trace TRACE --policies vllm_static,oserve,... [--seeds 0,1,2] --out DIR`` writing
-tables (markdown, CSV, JSON) and plots per policy. Today a single static or
-scheduled-switch deployment can be measured with ``python -m oserve_rl simulate``.
+Every policy runs on the same episodes (one per seed: same arrivals, same
+cluster, same performance model, same forecast, same decision cadence);
+switch costs and each policy's decision wall time are charged in simulated
+time. Writes table.md / table.csv / results.json / per_seed.csv and plots
+(latency_cdf.png, p99_over_time.png, deployment_timeline.png) to --out.
+
+examples:
+  python evaluate.py --cluster h100x16 --model llama-2-70b --trace azure-conv \\
+      --rate-scale 2 --duration 1800 --policies vllm_static,oserve --seeds 0,1 --out reports/eval/demo
+  python evaluate.py --config configs/eval/quick.yaml
+  python evaluate.py --cluster h100x32 --model llama-3.1-70b --trace mooncake-synthetic --policies oserve --out r/mc
+  python evaluate.py ... --policies vllm_static,oserve,ppo:runs/quickstart/model.zip
+
+Policies: vllm_static, oserve, oserve_oracle, vllm_reload, llumnix,
+threshold_autoscaler, brute_force, or a trained checkpoint as
+ppo:PATH / maskable_ppo:PATH / dqn:PATH / a2c:PATH / rllib:PATH.
+Per-policy parameters go in a --config YAML under `policy_params:`.
 """
+
+from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_KEYS = {"cluster", "model", "trace", "rate_scale", "duration", "start", "policies", "seeds", "out", "json",
+               "interval", "decision_time_scale", "decision_delay", "predictor", "mode", "num_types", "slo_ttft",
+               "slo_tpot", "max_model_len", "policy_params", "no_plots"}
 
 
-def main(argv=None) -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    print("evaluate.py: policy comparison is not available yet (it arrives with OServe and the baselines); "
-          "try `python -m oserve_rl simulate --help`", file=sys.stderr)
-    return 1
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML with any of the options below (underscores for dashes); flags override it")
+    p.add_argument("--cluster", help="cluster preset or YAML (e.g. h100x8, h100x16, h100x32, mixed-a100-h100-h200)")
+    p.add_argument("--model", help="model name or Hugging Face id (e.g. llama-2-70b, meta-llama/Llama-3.1-70B)")
+    p.add_argument("--trace", help="trace name (azure-conv, azure-code, mooncake-synthetic, servegen:m-large, ...) or path")
+    p.add_argument("--rate-scale", type=float, help="load multiplier keeping the trace's span (default 1)")
+    p.add_argument("--duration", type=float, help="episode length in seconds (default: the whole trace)")
+    p.add_argument("--start", help="window start in seconds on the trace clock, or 'random' (seeded); default 0")
+    p.add_argument("--policies", help="comma-separated policy names or KIND:CHECKPOINT (default vllm_static,oserve)")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
+    p.add_argument("--out", help="output directory (default reports/eval/<cluster>-<model>-<trace>)")
+    p.add_argument("--json", help="also write the figures as JSON here ('-' for stdout)")
+    p.add_argument("--interval", type=float, help="decision interval in simulated seconds (default 60)")
+    p.add_argument("--decision-time-scale", type=float,
+                   help="multiply each decision's measured wall time before charging it (default 1)")
+    p.add_argument("--decision-delay", type=float,
+                   help="charge this fixed delay per decision instead of measured wall time (bit-reproducible runs)")
+    p.add_argument("--predictor", help="shared forecast: lstm (bundled), ewma, last, or a directory from "
+                                       "`python -m oserve_rl forecast train` (default lstm)")
+    p.add_argument("--mode", choices=["fast", "exact"], help="replica engine mode (default fast)")
+    p.add_argument("--num-types", type=int, help="request types for k-means typing (default 4)")
+    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (default 2)")
+    p.add_argument("--slo-tpot", type=float, help="TPOT SLO in seconds (default 0.1)")
+    p.add_argument("--max-model-len", type=int, help="engine context limit (default: the model's)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    from oserve_rl.errors import ConfigError
+
+    cfg: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        cfg = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{path}: expected a mapping of options, got {type(cfg).__name__}")
+        cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
+        unknown = set(cfg) - CONFIG_KEYS
+        if unknown:
+            import difflib
+
+            hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, CONFIG_KEYS, 1)[0]!r}?)"
+                     if difflib.get_close_matches(k, CONFIG_KEYS, 1) else repr(k) for k in sorted(unknown)]
+            raise ConfigError(f"{path}: unknown keys {', '.join(hints)}; valid keys: {', '.join(sorted(CONFIG_KEYS))}")
+    for k, v in vars(args).items():
+        if k != "config" and v not in (None, False):
+            cfg[k] = v
+    for req in ("cluster", "model", "trace"):
+        if not cfg.get(req):
+            raise ConfigError(f"evaluate.py: --{req} is required (or set `{req}:` in --config)")
+    return cfg
+
+
+def _list(v: Any, cast=str) -> list:
+    if isinstance(v, (list, tuple)):
+        return [cast(x) for x in v]
+    return [cast(x.strip()) for x in str(v).split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from oserve_rl.errors import ConfigError, OServeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve(args)
+        from oserve_rl.evaluation import evaluate
+        from oserve_rl.policy.forecasting import load_forecaster
+        from oserve_rl.policy import Scenario
+
+        start = cfg.get("start", 0.0)
+        start = start if start == "random" else float(start)
+        scenario = Scenario(cluster=cfg["cluster"], model=cfg["model"], trace=str(cfg["trace"]),
+                            rate_scale=float(cfg.get("rate_scale", 1.0)), duration_s=cfg.get("duration"),
+                            start_s=start, num_types=int(cfg.get("num_types", 4)),
+                            slo_ttft_s=cfg.get("slo_ttft", 2.0), slo_tpot_s=cfg.get("slo_tpot", 0.1),
+                            max_model_len=cfg.get("max_model_len"))
+        policies: list[Any] = []
+        for name in _list(cfg.get("policies", "vllm_static,oserve")):
+            if ":" in name:
+                from oserve_rl.envs.checkpoints import checkpoint_policy
+
+                policies.append((name, checkpoint_policy(name)))
+            else:
+                policies.append(name)
+        seeds = _list(cfg.get("seeds", "0"), int)
+        out = Path(cfg.get("out") or f"reports/eval/{scenario.cluster}-{scenario.model}-{Path(scenario.trace).stem}")
+        forecaster = load_forecaster(cfg.get("predictor", "lstm"))
+        params = cfg.get("policy_params") or {}
+        if not isinstance(params, dict):
+            raise ConfigError("policy_params must map policy names to parameter mappings")
+        table = evaluate(scenario, policies, seeds, interval_s=float(cfg.get("interval", 60.0)),
+                         forecaster=forecaster, decision_time_scale=float(cfg.get("decision_time_scale", 1.0)),
+                         decision_delay_s=cfg.get("decision_delay"), mode=cfg.get("mode", "fast"),
+                         policy_params=params)
+        table.write(out, cfg.get("json"), plots=not cfg.get("no_plots"))
+    except OServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table.markdown())
+    print(f"\nwrote {out}/table.md, table.csv, results.json, per_seed.csv"
+          + ("" if cfg.get("no_plots") else ", latency_cdf.png, p99_over_time.png, deployment_timeline.png"))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,22 +1,86 @@
 #!/usr/bin/env python
-"""Train an RL agent that chooses deployments (not yet available).
+"""Train an RL agent that chooses LLM-cluster deployments on oserve_rl/Deploy-v0.
 
-Coming with the environment issue: ``python train.py --config configs/train/NAME.yaml
-[--backend sb3|rllib] [--algo ppo|maskable_ppo|dqn|a2c] [--total-steps N] [--seed S]
-[--logdir runs/] [--ray-address auto|HOST:PORT]`` on the ``oserve_rl/Deploy-v0``
-Gymnasium environment, with RL-Zoo-style YAML hyperparameters and TensorBoard logs.
-Today the simulator it will train on is ready: ``python -m oserve_rl simulate --help``.
+Hyperparameters live in YAML (configs/train/*.yaml, RL-Zoo style); flags
+override them. Every run directory gets the resolved config.yaml and
+env_space.json beside the checkpoints (model.zip, best_model.zip), the
+TensorBoard events (tb/), and train_summary.json. Every eval.every_steps the
+agent and the heuristics (vllm_static, oserve) run on the validation windows,
+logged under eval/<metric>/<policy> in TensorBoard.
+
+examples:
+  python train.py --config configs/train/quickstart.yaml
+  python train.py --config configs/train/quickstart.yaml --algo ppo --total-steps 5000 --seed 1
+  ray start --head --port 6379 && python train.py --config configs/train/quickstart.yaml \\
+      --backend rllib --ray-address 127.0.0.1:6379 --num-env-runners 1
+  tensorboard --logdir runs/
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
 
-def main(argv=None) -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
-    print("train.py: training is not available yet (it arrives with the oserve_rl/Deploy-v0 environment); "
-          "try `python -m oserve_rl simulate --help`", file=sys.stderr)
-    return 1
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="training YAML (default: built-in defaults, see configs/train/quickstart.yaml)")
+    p.add_argument("--backend", choices=["sb3", "rllib"], help="Stable-Baselines3 on this machine, or RLlib on Ray")
+    p.add_argument("--algo", choices=["ppo", "maskable_ppo", "dqn", "a2c"], help="algorithm (rllib: ppo only)")
+    p.add_argument("--total-steps", type=int, help="environment steps (decision intervals) to train for")
+    p.add_argument("--seed", type=int, help="seed for the env draws, the network and the algorithm")
+    p.add_argument("--logdir", default="runs", help="parent of the run directory (default runs/)")
+    p.add_argument("--run-name", help="run directory name (default: <config stem>-<algo>-s<seed>)")
+    p.add_argument("--ray-address", help="Ray cluster to join: 'auto' or HOST:PORT (rllib backend)")
+    p.add_argument("--num-env-runners", type=int, help="RLlib env runners (0: sample in the driver)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from oserve_rl.errors import OServeError
+
+    try:
+        import yaml
+
+        from oserve_rl.train.config import load_train_config
+
+        cfg = load_train_config(args.config, backend=args.backend, algo=args.algo, total_steps=args.total_steps,
+                                seed=args.seed, ray_address=args.ray_address, num_env_runners=args.num_env_runners)
+        if cfg.backend == "rllib" and cfg.algo != "ppo":
+            cfg = cfg.model_copy(update={"algo": "ppo"}) if args.algo is None else cfg
+            if cfg.algo != "ppo":
+                raise OServeError(f"--backend rllib trains PPO (with action masking); --algo {cfg.algo} is sb3-only")
+        stem = Path(args.config).stem if args.config else "default"
+        run_dir = Path(args.logdir) / (args.run_name or f"{stem}-{cfg.algo}-s{cfg.seed}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (run_dir / "env_space.json").write_text(json.dumps(cfg.env_config().space_signature(), indent=2) + "\n")
+        print(f"run directory: {run_dir}  (tensorboard --logdir {run_dir})", flush=True)
+        t0 = time.perf_counter()
+        if cfg.backend == "sb3":
+            from oserve_rl.train.sb3 import train_sb3
+
+            summary = train_sb3(cfg, run_dir)
+        else:
+            from oserve_rl.train.rllib import train_rllib
+
+            summary = train_rllib(cfg, run_dir)
+    except OServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    final = summary.get("final", {})
+    print(f"trained {summary['steps']} steps in {time.perf_counter() - t0:.0f} s "
+          f"({summary['steps_per_s']:.0f} steps/s)")
+    for name, m in final.items():
+        if isinstance(m, dict):
+            print(f"  validation {name:>12}: p99 E2E {m['p99_e2e_s']:.2f} s, SLO attainment {m['slo_attainment']:.3f}, "
+                  f"switches {m['switches']:.1f}")
+    print(f"checkpoint: {run_dir}/model.zip" if cfg.backend == "sb3" else f"checkpoint: {run_dir}/checkpoint")
+    return 0
 
 
 if __name__ == "__main__":

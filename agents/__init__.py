@@ -1,6 +1,62 @@
-"""Deployment policies (installed as ``oserve_rl.agents``).
+"""Deployment policies (installed as ``oserve_rl.agents``): OServe and the baselines.
 
-Coming with the OServe issue: OServe's heuristic and the baselines
-(vllm_static, vllm_reload, llumnix, threshold_autoscaler, brute_force), all
-acting through one policy interface that RL agents share.
+Every policy implements ``oserve_rl.policy.Policy`` and runs through the same
+control loop (``oserve_rl.policy.run_policy``) and, as an env policy, through
+``oserve_rl/Deploy-v0``:
+
+    >>> from oserve_rl.agents import make_policy, policy_names
+    >>> policy = make_policy("vllm_static")
+
+| name | what it does |
+|---|---|
+| vllm_static | the best single homogeneous deployment for the whole episode (a sweep, with hindsight), least-work routing |
+| oserve | OServe: k-means types, per-type forecasts, max-flow dispatch, flow-guided deployment search, re-sharding switches |
+| oserve_oracle | OServe fed the true next-interval rates instead of the forecast |
+| vllm_reload | OServe's plans, but every switch cold-reloads weights from disk |
+| llumnix | homogeneous replicas (vllm_static's pick) with load-balancing dispatch on KV "freeness" |
+| threshold_autoscaler | Dynamo/AIBrix-like: replica count from queue and KV thresholds with a cooldown |
+| brute_force | OServe's decision loop with an exhaustive deployment search (small clusters only) |
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from oserve_rl.errors import ConfigError, UnknownNameError
+from oserve_rl.policy import Policy
+
+# name -> "module:Class" (imported on first use: torch and scipy are slow to import)
+_REGISTRY: dict[str, str] = {
+    "vllm_static": "oserve_rl.agents.static:VLLMStatic",
+    "oserve": "oserve_rl.agents.oserve:OServe",
+    "oserve_oracle": "oserve_rl.agents.oserve:OServeOracle",
+    "vllm_reload": "oserve_rl.agents.oserve:VLLMReload",
+    "brute_force": "oserve_rl.agents.oserve:BruteForce",
+    "llumnix": "oserve_rl.agents.static:Llumnix",
+    "threshold_autoscaler": "oserve_rl.agents.autoscaler:ThresholdAutoscaler",
+}
+
+
+def policy_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def policy_class(name: str) -> type[Policy]:
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise UnknownNameError("policy", name, list(_REGISTRY))
+    module, cls = _REGISTRY[key].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_policy(name: str, **params: Any) -> Policy:
+    """A fresh policy by registry name; ``params`` are its constructor's keyword arguments."""
+    cls = policy_class(name)
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ConfigError(f"policy {name!r}: bad parameters {sorted(params)}: {e}") from None
+
+
+__all__ = ["make_policy", "policy_class", "policy_names"]

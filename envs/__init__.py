@@ -1,5 +1,19 @@
 """Gymnasium environments (installed as ``oserve_rl.envs``).
 
-Coming with the environment issue: ``oserve_rl/Deploy-v0``, whose actions are
-deployment choices and switches on the simulator in ``oserve_rl.sim``.
+``oserve_rl/Deploy-v0`` (``DeployEnv``): choose an LLM cluster's deployment
+every decision interval on the simulator; see ``oserve_rl.envs.deploy``.
+
+    >>> import gymnasium as gym, oserve_rl.envs
+    >>> env = gym.make("oserve_rl/Deploy-v0", cluster="h100x16", trace="azure-conv")
 """
+
+from gymnasium.envs.registration import register, registry
+
+from oserve_rl.envs.config import ENV_VERSION, OBS_KEYS, DeployEnvConfig, RewardConfig, make_config
+
+ENV_ID = "oserve_rl/Deploy-v0"
+
+if ENV_ID not in registry:
+    register(id=ENV_ID, entry_point="oserve_rl.envs.deploy:DeployEnv", disable_env_checker=True)
+
+__all__ = ["ENV_ID", "ENV_VERSION", "OBS_KEYS", "DeployEnvConfig", "RewardConfig", "make_config"]

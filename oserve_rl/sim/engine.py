@@ -119,6 +119,7 @@ class ReplicaEngine:
         self.accepting = True
         self._reqs: dict[int, _Req] = {}
         self._clock = 0.0
+        self._rate_tok_s = 0.0  # tokens per second of the last iteration(s) run: for load estimates between events
         self._outstanding = 0
         self._iter_s = perf.iteration_s_agg
         self._coeffs: dict[int, tuple[float, float]] = {}
@@ -146,6 +147,23 @@ class ReplicaEngine:
     def outstanding_tokens(self) -> int:
         """Tokens still to compute (prefill, recompute and decode) for every request here."""
         return self._outstanding
+
+    def estimated_outstanding_tokens(self, t_s: float) -> float:
+        """``outstanding_tokens`` at ``t_s`` without simulating up to it (O(1)).
+
+        Extrapolates the token rate of the last iteration(s) run; exact at the
+        engine's clock, an estimate after it. Routers that would otherwise
+        bring every replica up to each arrival use it (``estimate_load``).
+        """
+        out = self._outstanding
+        if not out or t_s <= self._clock:
+            return out
+        return max(0.0, out - self._rate_tok_s * (t_s - self._clock))
+
+    @property
+    def queued_tokens(self) -> int:
+        """Prompt tokens of the requests waiting for admission (Llumnix's queued demand)."""
+        return sum(r.prompt for r in self.waiting)
 
     @property
     def busy_until_s(self) -> float:
@@ -394,6 +412,7 @@ class ReplicaEngine:
 
         # 3. run it
         T_end = T + self._iter_s(num_tokens, len(sched), pairs, d_seqs, d_ctx)
+        self._rate_tok_s = num_tokens / (T_end - T) if T_end > T else self._rate_tok_s
         self._clock = T_end
         self._outstanding -= num_tokens
         self.num_iterations += 1
@@ -510,6 +529,7 @@ class ReplicaEngine:
         if alloc:
             pool.allocate(alloc)
         T_end = T + k * base + per * (k * ctx + nd * k * (k - 1) * 0.5)
+        self._rate_tok_s = nd * k / (T_end - T) if T_end > T else self._rate_tok_s
         self._clock = T_end
         self._outstanding -= nd * k
         self.num_iterations += k

@@ -50,6 +50,9 @@ class _NotReady:
     num_waiting = 0
     num_running = 0
 
+    def estimated_outstanding_tokens(self, t_s: float) -> float:
+        return 0.0
+
 
 _NOT_READY = _NotReady()
 
@@ -154,12 +157,37 @@ class ClusterSimulator:
         heapq.heappush(self._events, (t, self._seq, kind, payload))
 
     # ------------------------------------------------------------ switching
-    def schedule_switch(self, at_s: float, new: Deployment | str) -> None:
-        """Switch to ``new`` (a Deployment, or a spec string placed to keep unchanged replicas) at ``at_s``."""
-        self._push(float(at_s), "switch", new)
+    def schedule_switch(self, at_s: float, new: Deployment | str, router: Router | None = None) -> None:
+        """Switch to ``new`` (a Deployment, or a spec string placed to keep unchanged replicas) at ``at_s``.
 
-    def _switch(self, t: float, new: Deployment | str) -> None:
+        ``router``, if given, replaces the router at the same instant (its
+        weights are for the new deployment's replica order).
+        """
+        self._push(float(at_s), "switch", (new, router))
+
+    def schedule_router(self, at_s: float, router: Router) -> None:
+        """Replace the router at ``at_s`` (e.g. new dispatch weights for the same deployment)."""
+        self._push(float(at_s), "router", router)
+
+    def set_router(self, router: Router) -> None:
+        router.reset()
+        self.router = router
+
+    @property
+    def arrived(self) -> int:
+        """Requests that have arrived so far (ids ``0 .. arrived-1``)."""
+        return self._next_arrival
+
+    @property
+    def switch_time_left_s(self) -> float:
+        """Seconds until every replica of the current deployment accepts (0 when none is loading)."""
+        left = [t for t, eng in zip(self._ready_at, self.replicas) if eng is None]
+        return max(0.0, max(left) - self.now_s) if left else 0.0
+
+    def _switch(self, t: float, payload: tuple[Deployment | str, Router | None]) -> None:
         from oserve_rl.cluster import parse_deployment
+
+        new, router = payload
 
         old = self.deployment
         if isinstance(new, str):
@@ -218,6 +246,8 @@ class ClusterSimulator:
                 self._held.append((rid, 0))
         self.switches.append(SwitchRecord(t, old.spec_string(), new.spec_string(), last_ready, last_ready - t,
                                           len(plan.kept), len(plan.starting), len(plan.leaving), migrated, requeued))
+        if router is not None:
+            self.set_router(router)
         self._flush_held(t)
 
     def _ready(self, t: float, payload) -> None:
@@ -237,11 +267,15 @@ class ClusterSimulator:
 
     # ------------------------------------------------------------ the loop
     def _dispatch(self, rid: int, t: float, kv_tokens: int = 0) -> None:
-        # Engines move lazily; without this the router would compare outstanding
-        # work as of each replica's last request, not as of now.
-        for eng in self.replicas:
-            if eng is not None and eng.accepting:
-                eng.advance_to(t)
+        # Engines move lazily; without this a load-reading router would compare
+        # outstanding work as of each replica's last request, not as of now.
+        self.router.now_s = t
+        if self.router.needs_load:
+            subset = self.router.load_subset(int(self.types[rid]))
+            engines = self.replicas if subset is None else [self.replicas[k] for k in subset]
+            for eng in engines:
+                if eng is not None and eng.accepting:
+                    eng.advance_to(t)
         views = self.views
         i = self.router.choose(rid, int(self.types[rid]), int(self.rec.input_list[rid]), views)
         if i is None:
@@ -264,6 +298,8 @@ class ClusterSimulator:
                 self._ready(et, payload)
             elif kind == "land":
                 self._dispatch(payload[0], et, payload[1])
+            elif kind == "router":
+                self.set_router(payload)
 
     def step_to(self, t_s: float) -> None:
         """Process every arrival and event up to ``t_s`` and advance all replicas to it."""

@@ -150,6 +150,35 @@ class Trace:
             raise ConfigError(f"scale_rate: factor must be a positive number, got {factor!r}")
         return self._replace(f"scale_rate({factor:g})", arrival_s=self.arrival_s / factor)
 
+    def scale_load(self, factor: float, *, seed: int = 0, jitter_s: float = 30.0) -> Trace:
+        """``factor`` times the load over the same span, keeping how the mix moves in time.
+
+        ``scale_rate`` compresses time, which also compresses the minutes-long
+        shifts of the type mix that a deployment scheduler reacts to. Here each
+        request instead appears ``floor(factor)`` times, plus once more with
+        probability ``frac(factor)`` (so factor < 1 thins the trace); copies
+        other than the original are shifted by uniform jitter in
+        ``[-jitter_s, jitter_s]`` so they do not arrive in lockstep. Seeded.
+        """
+        if not (np.isfinite(factor) and factor > 0):
+            raise ConfigError(f"scale_load: factor must be a positive number, got {factor!r}")
+        if not (np.isfinite(jitter_s) and jitter_s >= 0):
+            raise ConfigError(f"scale_load: jitter_s must be >= 0, got {jitter_s!r}")
+        if factor == 1.0 or len(self) == 0:
+            return self
+        rng = np.random.default_rng(seed)
+        n = len(self)
+        copies = np.full(n, int(factor)) + (rng.random(n) < factor - int(factor))
+        index = np.repeat(np.arange(n), copies)
+        first = np.ones(len(index), dtype=bool)
+        first[1:] = index[1:] != index[:-1]
+        shift = np.where(first, 0.0, rng.uniform(-jitter_s, jitter_s, len(index)))
+        lo = float(self.arrival_s[0])
+        arrival = np.maximum(self.arrival_s[index] + shift, lo)
+        order = np.argsort(arrival, kind="stable")
+        return self._take(index[order], f"scale_load({factor:g}, seed={seed}, jitter_s={jitter_s:g})",
+                          arrival_s=arrival[order])
+
     def with_arrivals(self, process: ArrivalProcess, *, seed: int = 0, duration_s: float | None = None) -> Trace:
         """Keep the request lengths (and prefixes), replace the arrival times.
 

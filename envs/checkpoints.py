@@ -1,0 +1,111 @@
+"""Trained agents as policies: load a checkpoint, check it fits the env, run it on an episode.
+
+Every run directory holds the checkpoint and ``config.yaml`` (the resolved
+training config) and ``env_space.json`` (the observation/action signature).
+Loading compares that signature with the env it is asked to act in and
+refuses a mismatch with a ``CheckpointError`` naming the differing fields,
+instead of crashing inside the network on a wrong-shaped tensor.
+
+    >>> factory = checkpoint_policy("maskable_ppo:runs/quickstart/model.zip")
+    >>> result = factory().run_episode(Scenario(...).build(seed=0))   # an EpisodeResult, like run_policy's
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oserve_rl.envs.config import DeployEnvConfig, make_config
+from oserve_rl.errors import CheckpointError, UnknownNameError
+
+KINDS = ("ppo", "maskable_ppo", "dqn", "a2c", "rllib")
+
+
+def run_dir_of(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
+
+
+def saved_env_config(path: str | Path) -> DeployEnvConfig:
+    """The env config saved beside a checkpoint (file or directory)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    run = run_dir_of(p)
+    for cand in (run, run.parent, run.parent.parent):
+        cfg_path = cand / "config.yaml"
+        if cfg_path.is_file():
+            data = yaml.safe_load(cfg_path.read_text()) or {}
+            return make_config(data.get("env", {}))
+    raise CheckpointError(f"no config.yaml beside checkpoint {p}: cannot tell which env it was trained on "
+                          "(train.py writes one into every run directory)")
+
+
+def check_compatible(path: str | Path, env_cfg: DeployEnvConfig) -> None:
+    """Refuse a checkpoint trained on different observation/action spaces."""
+    run = run_dir_of(Path(path))
+    sig_path = next((c / "env_space.json" for c in (run, run.parent, run.parent.parent)
+                     if (c / "env_space.json").is_file()), None)
+    saved = json.loads(sig_path.read_text()) if sig_path else saved_env_config(path).space_signature()
+    want = env_cfg.space_signature()
+    diff = {k: (saved.get(k), want[k]) for k in want if saved.get(k) != want[k]}
+    if diff:
+        parts = ", ".join(f"{k}: checkpoint {a!r} vs env {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"checkpoint {path} was trained on a different observation/action space ({parts}); "
+                              "evaluate it with the env options it was trained with, or retrain")
+
+
+class CheckpointPolicy:
+    """A trained agent acting through ``Deploy-v0`` on evaluate.py's episodes."""
+
+    uses_hindsight = False
+
+    def __init__(self, kind: str, path: str | Path):
+        self.kind, self.path = kind, Path(path)
+        self.name = f"{kind}:{path}"
+        self.env_cfg = saved_env_config(self.path)
+        check_compatible(self.path, self.env_cfg)
+        self.act = load_actor(kind, self.path)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "path": str(self.path)}
+
+    def run_episode(self, data: Any, **_: Any):
+        from oserve_rl.envs.deploy import DeployEnv
+        from oserve_rl.policy import EpisodeResult
+
+        env = DeployEnv(self.env_cfg)
+        obs, _ = env.reset(seed=0, options={"episode": data})
+        while True:
+            obs, _, terminated, truncated, _ = env.step(self.act(obs, env))
+            if terminated or truncated:
+                break
+        return env.loop.result(self.name)
+
+
+def load_actor(kind: str, path: Path):
+    """``act(obs, env) -> action`` for a checkpoint (deterministic)."""
+    if kind not in KINDS:
+        raise UnknownNameError("checkpoint kind", kind, list(KINDS))
+    if kind == "rllib":
+        from oserve_rl.train.rllib import load_rllib_actor
+
+        return load_rllib_actor(path)
+    from oserve_rl.train.sb3 import agent_actor, algo_class
+
+    try:
+        model = algo_class(kind).load(str(path), device="cpu")
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load {kind} checkpoint {path}: {e}") from None
+    return agent_actor(model, masked=kind == "maskable_ppo")
+
+
+def checkpoint_policy(spec: str):
+    """``"KIND:PATH"`` -> a factory of ``CheckpointPolicy`` (evaluate.py's ``--policies ppo:runs/x/model.zip``)."""
+    kind, _, path = spec.partition(":")
+    if kind not in KINDS or not path:
+        raise UnknownNameError("checkpoint kind", kind, list(KINDS))
+    CheckpointPolicy(kind, path)  # fail fast: missing file, wrong spaces
+    return lambda: CheckpointPolicy(kind, path)

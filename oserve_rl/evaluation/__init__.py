@@ -1,0 +1,184 @@
+"""Compare policies on identical episodes: the figures evaluate.py prints, writes and plots.
+
+    >>> from oserve_rl.evaluation import evaluate
+    >>> from oserve_rl.policy import Scenario
+    >>> table = evaluate(Scenario("h100x8", "llama-2-70b", "azure-conv", duration_s=600), ["vllm_static"], seeds=[0])
+    >>> table.figures["vllm_static"]["e2e_s"]["p99"] > 0
+    True
+
+Per seed the episode is built once and every policy runs on it, so all
+policies see the same arrivals. Figures are per episode, then averaged over
+seeds (``per_seed`` keeps each).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oserve_rl.errors import ConfigError
+from oserve_rl.policy import EpisodeResult, Policy, Scenario, run_policy
+
+FIGURE_KEYS = ("e2e_s", "ttft_s", "tpot_s", "throughput_rps", "slo_attainment", "slo_scale_95", "slo_scale_99",
+               "switches", "switch_downtime_s", "decision_s_mean", "decision_s_max")
+
+
+def episode_figures(res: EpisodeResult) -> dict[str, Any]:
+    """The issue's figure set for one episode (JSON-ready; None where undefined)."""
+    s = res.summary
+    dec = [d["decision_s"] for d in res.decisions]
+    return {
+        "e2e_s": {"p50": s["e2e_s"]["p50"], "p99": s["e2e_s"]["p99"]},
+        "ttft_s": {"p50": s["ttft_s"]["p50"], "p99": s["ttft_s"]["p99"]},
+        "tpot_s": {"p50": s["tpot_s"]["p50"], "p99": s["tpot_s"]["p99"]},
+        "throughput_rps": s["throughput_rps"],
+        "slo_attainment": s["slo"]["attainment"],
+        "slo_scale_95": s.get("slo_scale_p95"),
+        "slo_scale_99": s.get("slo_scale_p99"),
+        "switches": s["switches"],
+        "switch_downtime_s": s["switch_downtime_s"],
+        "decision_s_mean": float(np.mean(dec)) if dec else None,
+        "decision_s_max": float(np.max(dec)) if dec else None,
+        "completed": s["completed"], "rejected": s["rejected"], "requests": s["requests"],
+    }
+
+
+def _mean(values: list[Any]) -> Any:
+    if isinstance(values[0], dict):
+        return {k: _mean([v[k] for v in values]) for k in values[0]}
+    nums = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(nums)) if nums else None
+
+
+@dataclass
+class EvalTable:
+    scenario: Scenario
+    seeds: list[int]
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)         # policy -> mean over seeds
+    per_seed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # policy -> one per seed
+    results: dict[str, list[EpisodeResult]] = field(default_factory=dict)
+    describe: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for name, f in self.figures.items():
+            out.append({
+                "policy": name, "p50 E2E s": f["e2e_s"]["p50"], "p99 E2E s": f["e2e_s"]["p99"],
+                "p50 TTFT s": f["ttft_s"]["p50"], "p99 TTFT s": f["ttft_s"]["p99"],
+                "p50 TPOT s": f["tpot_s"]["p50"], "p99 TPOT s": f["tpot_s"]["p99"],
+                "throughput rps": f["throughput_rps"], "SLO attain": f["slo_attainment"],
+                "SLO-scale@95": f["slo_scale_95"], "SLO-scale@99": f["slo_scale_99"],
+                "switches": f["switches"], "switch down s": f["switch_downtime_s"],
+                "decision s mean": f["decision_s_mean"], "decision s max": f["decision_s_max"],
+            })
+        return out
+
+    def markdown(self) -> str:
+        from tabulate import tabulate
+
+        rows = self.rows()
+        return tabulate([list(r.values()) for r in rows], headers=list(rows[0]), tablefmt="github", floatfmt=".4g")
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: {k: f[k] for k in FIGURE_KEYS} for name, f in self.figures.items()}
+
+    def write(self, out_dir: str | Path, json_path: str | Path | None = None, plots: bool = True) -> Path:
+        import pandas as pd
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.md").write_text(self.markdown() + "\n")
+        pd.DataFrame(self.rows()).to_csv(out / "table.csv", index=False)
+        rows = []
+        for name, lst in self.per_seed.items():
+            for seed, f in zip(self.seeds, lst):
+                rows.append({"policy": name, "seed": seed, **_flatten(f)})
+        pd.DataFrame(rows).to_csv(out / "per_seed.csv", index=False)
+        blob = json.dumps(self.to_json(), indent=2, allow_nan=False)
+        (out / "results.json").write_text(blob + "\n")
+        meta = {"scenario": self.scenario.to_dict(), "seeds": self.seeds, "policies": self.describe}
+        (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if json_path is not None:
+            if str(json_path) == "-":
+                print(blob)
+            else:
+                Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+                Path(json_path).write_text(blob + "\n")
+        if plots:
+            from oserve_rl.evaluation.plots import plot_all
+
+            plot_all(self, out)
+        return out
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}_"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+PolicyFactory = Callable[[], Policy]
+
+
+def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFactory]], seeds: Sequence[int] = (0,), *,
+             interval_s: float = 60.0, forecaster: Any = None, decision_time_scale: float = 1.0,
+             decision_delay_s: float | None = None, mode: str = "fast", progress: bool = True,
+             policy_params: dict[str, dict[str, Any]] | None = None) -> EvalTable:
+    """Run every policy on every seed's episode; ``policies`` are registry names or (label, factory) pairs."""
+    from oserve_rl.agents import make_policy
+
+    if not policies:
+        raise ConfigError("evaluate: no policies given")
+    if not seeds:
+        raise ConfigError("evaluate: no seeds given")
+    params = policy_params or {}
+    named: list[tuple[str, PolicyFactory]] = []
+    for p in policies:
+        if isinstance(p, tuple):
+            named.append(p)
+        else:
+            make_policy(p, **params.get(p, {}))  # fail fast on unknown names / bad parameters
+            named.append((p, lambda p=p: make_policy(p, **params.get(p, {}))))
+    labels = [n for n, _ in named]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"evaluate: policy names must be unique, got {labels}")
+    episodes = {seed: scenario.build(seed=seed) for seed in seeds}
+    table = EvalTable(scenario, list(seeds))
+    for label, factory in named:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            steps = sum(max(1, math.ceil(ep.duration_s / interval_s - 1e-9)) for ep in episodes.values())
+            bar = tqdm(total=steps, desc=f"{label:>22}", unit="interval", leave=True)
+        results = []
+        for seed in seeds:
+            policy = factory()
+            if hasattr(policy, "run_episode"):  # a trained agent: it acts through the env on this same episode
+                results.append(policy.run_episode(episodes[seed]))
+                if bar is not None:
+                    bar.update(max(1, math.ceil(episodes[seed].duration_s / interval_s - 1e-9)))
+            else:
+                results.append(run_policy(policy, episodes[seed], interval_s=interval_s, forecaster=forecaster,
+                                          decision_time_scale=decision_time_scale,
+                                          decision_delay_s=decision_delay_s, mode=mode, progress=bar))
+            table.describe[label] = policy.describe()
+        if bar is not None:
+            bar.close()
+        table.results[label] = results
+        table.per_seed[label] = [episode_figures(r) for r in results]
+        table.figures[label] = _mean(table.per_seed[label])
+    return table
+
+
+__all__ = ["FIGURE_KEYS", "EvalTable", "episode_figures", "evaluate"]

@@ -1,0 +1,94 @@
+"""evaluate.py's pictures (seed of the first episode): latency CDFs, p99 over time with switches, deployment timeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oserve_rl.policy import interval_p99_s
+from oserve_rl.sim import metrics
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_all(table: Any, out: Path) -> list[Path]:
+    return [latency_cdfs(table, out / "latency_cdf.png"), p99_over_time(table, out / "p99_over_time.png"),
+            deployment_timeline(table, out / "deployment_timeline.png")]
+
+
+def latency_cdfs(table: Any, path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, results in table.results.items():
+        m = metrics.per_request(results[0].sim.recorder)
+        for ax, key in zip(axes, ("e2e_s", "ttft_s", "tpot_s")):
+            v = np.sort(m[key][np.isfinite(m[key])])
+            if v.size:
+                ax.plot(v, np.arange(1, v.size + 1) / v.size, label=name)
+    for ax, key in zip(axes, ("E2E latency (s)", "TTFT (s)", "TPOT (s)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("share of completed requests")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{table.scenario.model} on {table.scenario.cluster}, {table.scenario.trace} (seed {table.seeds[0]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def p99_over_time(table: Any, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for i, (name, results) in enumerate(table.results.items()):
+        r = results[0]
+        end = float(np.nanmax(r.sim.recorder.finish_s[np.isfinite(r.sim.recorder.finish_s)], initial=r.interval_s))
+        t, p99 = interval_p99_s(r.sim.recorder, r.interval_s, end)
+        (line,) = ax.plot(t / 60, p99, label=f"{name} ({len(r.sim.switches)} switches)", drawstyle="steps-post")
+        for sw in r.sim.switches:
+            ax.axvline(sw.start_s / 60, color=line.get_color(), alpha=0.5, linestyle=":", linewidth=1)
+            ax.plot([sw.start_s / 60], [0], marker="v", color=line.get_color(), clip_on=False)
+    ax.set_yscale("log")
+    ax.set_xlabel("time (min); dotted lines and triangles: switches")
+    ax.set_ylabel("p99 E2E of requests finishing in the interval (s)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def deployment_timeline(table: Any, path: Path) -> Path:
+    plt = _plt()
+    names = list(table.results)
+    fig, ax = plt.subplots(figsize=(11, 0.7 * len(names) + 1.5))
+    palette = plt.get_cmap("tab20")
+    colours: dict[str, Any] = {}
+    for row, name in enumerate(names):
+        r = table.results[name][0]
+        tl = r.sim.timeline
+        end = max(r.sim.summary["sim_time_s"], tl[-1][0] + r.interval_s)
+        for k, (t0, spec) in enumerate(tl):
+            t1 = tl[k + 1][0] if k + 1 < len(tl) else end
+            c = colours.setdefault(spec, palette(len(colours) % 20))
+            ax.barh(row, (t1 - t0) / 60, left=t0 / 60, color=c, edgecolor="white")
+            if (t1 - t0) / max(end, 1) > 0.08:
+                ax.text((t0 + t1) / 120, row, spec, ha="center", va="center", fontsize=7)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("time (min)")
+    ax.set_title("deployment over time (one colour per deployment)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

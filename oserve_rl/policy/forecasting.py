@@ -1,0 +1,37 @@
+"""Which forecaster the control loop shares with every policy (and the env's observation).
+
+``load_forecaster(spec)``: ``"lstm"`` (the bundled per-type LSTM trained on
+ServeGen by ``python -m oserve_rl forecast train``), ``"ewma"``, ``"last"``,
+``"moving_average"``, or a directory written by ``forecast train``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from oserve_rl.errors import CheckpointError
+
+
+def bundled_lstm_dir() -> Path:
+    return Path(str(resources.files("oserve_rl.forecast") / "data" / "lstm"))
+
+
+def load_forecaster(spec: Any) -> Any:
+    """A forecaster from a name or a trained directory; objects with ``predict`` pass through."""
+    from oserve_rl.forecast import load_predictor, make_predictor
+
+    if spec is None or hasattr(spec, "predict"):
+        return spec
+    s = str(spec)
+    if s == "lstm":
+        path = bundled_lstm_dir()
+        if not path.exists():
+            raise CheckpointError(f"the bundled LSTM predictor is missing at {path}; train one with "
+                                  "`python -m oserve_rl forecast train --out DIR` and pass --predictor DIR, "
+                                  "or use --predictor ewma")
+        return load_predictor(path)
+    if Path(s).exists():
+        return load_predictor(s)
+    return make_predictor(s)
