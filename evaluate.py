@@ -84,7 +84,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
                      if difflib.get_close_matches(k, CONFIG_KEYS, 1) else repr(k) for k in sorted(unknown)]
             raise ConfigError(f"{path}: unknown keys {', '.join(hints)}; valid keys: {', '.join(sorted(CONFIG_KEYS))}")
     for k, v in vars(args).items():
-        if k != "config" and v not in (None, False):
+        if k != "config" and v is not None and v is not False:
             cfg[k] = v
     for req in ("cluster", "model", "trace"):
         if not cfg.get(req):
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 policies.append((name, checkpoint_policy(name)))
             else:
+                from oserve_rl.agents import policy_class
+
+                policy_class(name)  # unknown names fail before anything slow runs
                 policies.append(name)
         seeds = _list(cfg.get("seeds", "0"), int)
         out = Path(cfg.get("out") or f"reports/eval/{scenario.cluster}-{scenario.model}-{Path(scenario.trace).stem}")

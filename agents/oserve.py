@@ -15,6 +15,15 @@ Every decision interval (60 s):
    deployment; the weighted router spreads each type over replicas in
    proportion to them.
 
+Where the paper is silent: the load scale cannot rank deployments once all of
+them serve the forecast with room to spare, and there the throughput-optimal
+one (many small replicas) is the slow one. So among the searched deployment,
+every homogeneous one and the running one, those with alpha >= min(headroom,
+best alpha) (``headroom`` = 1.2: 20 % spare capacity) are ranked by a latency
+proxy, the slowest type's mean predicted latency, standalone latency on the
+replica it is routed to inflated by 1 / (1 - utilisation) (``latency_aware``;
+set it False for the pure load-scale objective).
+
 Throughput profiles n(config, type) come from the performance model under the
 TPOT SLO (``oserve_rl.sched.ThroughputTable``, ``tpot_bound_s``): a config
 that cannot keep a type's decode step within the SLO at any useful batch gets
@@ -30,17 +39,27 @@ from typing import Any
 
 import numpy as np
 
-from oserve_rl.cluster import Deployment, enumerate_replica_configs, estimate_switch_downtime_s
+from oserve_rl.cluster import Deployment, enumerate_deployments, enumerate_replica_configs, estimate_switch_downtime_s
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, Decision, Policy, PolicyContext, place_near
-from oserve_rl.sched import ThroughputTable, TypeProfile, brute_force_search, flow_guided_search, solve_dispatch
+from oserve_rl.sched import (
+    ThroughputTable,
+    TypeProfile,
+    brute_force_search,
+    flow_guided_search,
+    solve_dispatch,
+)
 
 
 class OServe(Policy):
     name = "oserve"
 
     def __init__(self, hysteresis: float = 0.05, amortise_s: float = 600.0, patience: int = 20,
-                 tpot_bound: str | float | None = "slo", min_switch_interval_s: float = 0.0, seed: int = 0):
+                 tpot_bound: str | float | None = "slo", min_switch_interval_s: float = 0.0, seed: int = 0,
+                 latency_aware: bool = True, headroom: float = 1.2):
+        if not headroom >= 1.0:
+            raise ConfigError(f"{self.name}: headroom must be >= 1 (a load-scale target), got {headroom!r}")
+        self.latency_aware, self.headroom = bool(latency_aware), float(headroom)
         if not hysteresis >= 0:
             raise ConfigError(f"{self.name}: hysteresis must be >= 0, got {hysteresis!r}")
         if not amortise_s > 0:
@@ -61,6 +80,12 @@ class OServe(Policy):
             raise ConfigError(f"{self.name}: no replica config of {ctx.model} fits cluster {ctx.cluster.name}")
         profiles = [TypeProfile(j, float(max(1.0, a)), float(max(1.0, b))) for j, (a, b) in enumerate(ctx.type_lengths)]
         self.table = ThroughputTable(ctx.model, configs, profiles, ctx.engine, tpot_bound_s=bound)
+        # Standalone latency of each type on each config: the base of the latency proxy.
+        self._lat = np.array([[c.perf().standalone_latency_s(int(p.input_tokens), int(p.output_tokens), ctx.engine)
+                               for p in profiles] for c in self.table.configs])
+        self.homogeneous = enumerate_deployments(ctx.model, ctx.cluster, homogeneous=True, engine=ctx.engine)
+        self._memo: dict[tuple, Any] = {}
+        self._memo_lam: np.ndarray | None = None
         self.last_switch_s = -math.inf
 
     def rates(self, state: ClusterState) -> np.ndarray:
@@ -88,16 +113,57 @@ class OServe(Policy):
             w[empty] = self.table.for_deployment(dep).T[empty]
         return w
 
-    def objective(self, dep: Deployment, lam: np.ndarray) -> float:
-        return float(solve_dispatch(self.table.for_deployment(dep), np.maximum(lam, 1e-9)).alpha)
+    def _dispatch(self, dep: Deployment, lam: np.ndarray):
+        """solve_dispatch memoised per replica multiset for the current rates (a decision asks many times)."""
+        lam = np.maximum(np.asarray(lam, dtype=float), 1e-9)
+        if self._memo_lam is None or not np.array_equal(lam, self._memo_lam):
+            self._memo, self._memo_lam = {}, lam
+        key = tuple(sorted(dep.configs, key=repr))
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = (solve_dispatch(self.table.for_deployment(dep), lam), dep.configs)
+        res, order = hit
+        return res, order
+
+    def alpha(self, dep: Deployment, lam: np.ndarray) -> float:
+        return float(self._dispatch(dep, lam)[0].alpha)
+
+    def latency_s(self, dep: Deployment, lam: np.ndarray) -> float:
+        """Latency proxy: the slowest type's mean standalone latency, inflated by 1 / (1 - utilisation)."""
+        lam = np.maximum(lam, 1e-9)
+        res, order = self._dispatch(dep, lam)
+        dep_configs = order
+        if not res.alpha > 0:
+            return math.inf
+        util = np.minimum(np.asarray(res.utilization), 0.95)  # busy share under the routed demand
+        x = np.asarray(res.x, dtype=float)  # [K, J]
+        lat = self._lat[[self.table.index(c) for c in dep_configs]] / (1.0 - util)[:, None]
+        served = x.sum(axis=0)
+        per_type = np.where(served > 0, (x * lat).sum(axis=0) / np.maximum(served, 1e-12), 0.0)
+        return float(per_type[lam > 1e-6].max()) if (lam > 1e-6).any() else 0.0
+
+    def objective(self, dep: Deployment, lam: np.ndarray) -> tuple[float, float]:
+        """(capped load scale, -latency proxy): larger is better, compared in that order."""
+        a = self.alpha(dep, lam)
+        if not self.latency_aware:
+            return a, 0.0
+        return min(a, self.headroom), -self.latency_s(dep, lam)
 
     # ------------------------------------------------------------------ decide
     def plan(self, state: ClusterState) -> tuple[Deployment, dict[str, Any]]:
         """OServe's target for this state (before the switch-or-not rule)."""
         lam = self.rates(state)
         res = self.search(lam, state.deployment)
-        target = place_near(res.deployment.configs, state.deployment, self.ctx.cluster, self.ctx.model)
-        return target, {"objective": float(res.objective)}
+        best = res.deployment
+        if self.latency_aware:
+            pool = [best, *self.homogeneous]
+            if state.deployment is not None:
+                pool.append(state.deployment)
+            cap = min(self.headroom, float(res.objective))
+            ok = [d for d in pool if self.alpha(d, lam) >= cap * (1 - 1e-6)] or [best]
+            best = min(ok, key=lambda d: self.latency_s(d, lam))
+        target = place_near(best.configs, state.deployment, self.ctx.cluster, self.ctx.model)
+        return target, {"alpha": self.alpha(target, lam), "latency_proxy_s": self.latency_s(target, lam)}
 
     def decide(self, state: ClusterState) -> Decision:
         lam = self.rates(state)
@@ -110,10 +176,9 @@ class OServe(Policy):
         if lam.sum() <= 0:
             return Decision()
         target, info = self.plan(state)
-        cur_obj = self.objective(cur, lam)
-        gain = info["objective"] / max(cur_obj, 1e-12) - 1.0
+        gain = self.gain(cur, target, lam)
         downtime = estimate_switch_downtime_s(cur, target, self.ctx.switch_costs) if target != cur else 0.0
-        info.update(current_objective=cur_obj, gain=gain, est_downtime_s=downtime)
+        info.update(gain=gain, est_downtime_s=downtime)
         wait = state.now_s - self.last_switch_s < self.min_switch_interval_s
         if target != cur and not state.switch_in_progress and not wait and \
                 gain > self.hysteresis + downtime / self.amortise_s:
@@ -121,8 +186,19 @@ class OServe(Policy):
             return Decision(target, self.weights(target, lam), info=info)
         return Decision(None, self.weights(cur, lam), info=info)
 
+    def gain(self, cur: Deployment, target: Deployment, lam: np.ndarray) -> float:
+        """Relative predicted improvement of ``target`` over ``cur``: in load scale while below the headroom
+        target, else in the latency proxy."""
+        (a_cur, l_cur), (a_new, l_new) = self.objective(cur, lam), self.objective(target, lam)
+        if a_new > a_cur * (1 + 1e-6):
+            return a_new / max(a_cur, 1e-12) - 1.0
+        if a_new < a_cur * (1 - 1e-6):
+            return -1.0
+        return (l_new - l_cur) / max(-l_new, 1e-12) if self.latency_aware else 0.0
+
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "hysteresis": self.hysteresis, "amortise_s": self.amortise_s,
+        return {"name": self.name, "latency_aware": self.latency_aware, "headroom": self.headroom,
+                "hysteresis": self.hysteresis, "amortise_s": self.amortise_s,
                 "patience": self.patience, "tpot_bound": self.tpot_bound,
                 "min_switch_interval_s": self.min_switch_interval_s, "seed": self.seed}
 

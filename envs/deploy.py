@@ -164,7 +164,7 @@ class DeployEnv(gym.Env):
         if action == KEEP:
             if state.deployment is None:
                 return self._initial(state)
-            return Decision(None, self.oserve.weights(state.deployment, lam)) if lam.sum() > 0 else Decision()
+            return Decision()  # keep everything, dispatch weights included
         k = action - 2
         if not 0 <= k < len(self.candidates):
             raise ConfigError(f"action {action} is masked: only {len(self.candidates)} candidates exist")

@@ -5,6 +5,8 @@
     perf predict     predicted iteration times for a CSV of what-if points
     perf bench       decode-step estimates per second (vectorised and scalar)
     simulate         run a trace through a deployment on a cluster
+    forecast train   train the per-type LSTM arrival predictor (forecast eval: RRMSE per type)
+    bench env        Deploy-v0 environment steps per CPU-second
 """
 
 from __future__ import annotations
@@ -88,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
         add_simulate_parser = None
     if add_simulate_parser:
         add_simulate_parser(sub)
+    from oserve_rl.forecast.cli import add_subparsers as add_forecast
+
+    add_forecast(sub)
+    bench = sub.add_parser("bench", help="benchmarks (env)", description="Benchmarks that print speed figures.")
+    bs = bench.add_subparsers(dest="bench_cmd", required=True)
+    try:  # the env needs the [rl] extra (gymnasium)
+        from oserve_rl.envs.bench import add_parser as add_env_bench
+    except ImportError:
+        add_env_bench = None
+    if add_env_bench:
+        add_env_bench(bs)
     return parser
 
 
@@ -100,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             from oserve_rl.sim.cli import simulate_main
 
             return simulate_main(args)
+        if args.cmd == "forecast":
+            from oserve_rl.forecast.cli import forecast_main
+
+            return forecast_main(args)
+        if args.cmd == "bench":
+            from oserve_rl.envs.bench import main as bench_main
+
+            return bench_main(args)
     except OServeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -40,7 +40,8 @@ def latency_cdfs(table: Any, path: Path) -> Path:
         ax.set_ylabel("share of completed requests")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{table.scenario.model} on {table.scenario.cluster}, {table.scenario.trace} (seed {table.seeds[0]})")
+    trace = getattr(table.scenario.trace, "name", table.scenario.trace)
+    fig.suptitle(f"{table.scenario.model} on {table.scenario.cluster}, {trace} (seed {table.seeds[0]})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -72,7 +73,7 @@ def p99_over_time(table: Any, path: Path) -> Path:
 def deployment_timeline(table: Any, path: Path) -> Path:
     plt = _plt()
     names = list(table.results)
-    fig, ax = plt.subplots(figsize=(11, 0.7 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.7 * len(names) + 2.5))
     palette = plt.get_cmap("tab20")
     colours: dict[str, Any] = {}
     for row, name in enumerate(names):

@@ -34,7 +34,7 @@ class Scenario:
 
     cluster: str
     model: str
-    trace: str
+    trace: str | Trace               # a load_trace name or path, or a Trace built in code (e.g. synthetic mixes)
     rate_scale: float = 1.0          # load multiplier, keeping the trace's span (Trace.scale_load)
     duration_s: float | None = None  # episode length; None: to the end of the trace
     start_s: float | str = 0.0       # window start on the trace clock, or "random" (seeded)
@@ -63,12 +63,14 @@ class Scenario:
         get_model(self.model)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self) if isinstance(self.trace, str) else {**asdict(self.__class__(**{**self.__dict__, "trace": ""})),
+                                                              "trace": self.trace.name}
+        return d
 
     def build(self, seed: int = 0) -> EpisodeData:
         cluster = get_cluster(self.cluster)
         model = get_model(self.model).name
-        full = load_trace(self.trace, seed=seed)
+        full = load_trace(self.trace, seed=seed) if isinstance(self.trace, str) else self.trace
         if len(full) == 0:
             raise ConfigError(f"scenario: trace {self.trace!r} has no requests")
         full = full.rebase().scale_load(self.rate_scale, seed=seed)

@@ -1,0 +1,85 @@
+"""``python -m oserve_rl bench env``: environment steps per CPU-second with random valid actions.
+
+Reports CPU time (process time: other jobs on the machine do not count), the
+share of it spent inside the simulator (``ControlLoop.advance``), and the
+same for an always-keep policy (a settled agent switches rarely; random
+actions switch almost every step, which costs plans, migrations and LPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, episode_s: float = 1800.0,
+              episodes: int = 2, seed: int = 0, policy: str = "random", predictor: str = "lstm") -> dict[str, Any]:
+    from oserve_rl.envs.deploy import DeployEnv
+    from oserve_rl.policy import loop as loop_mod
+
+    env = DeployEnv(cluster=cluster, model=model, trace=trace, rate_scale=rate_scale, episode_s=episode_s,
+                    predictor=predictor, invalid_action="error")
+    sim_cpu = [0.0]
+    orig = loop_mod.ControlLoop.advance
+
+    def timed(self):
+        t = time.process_time()
+        orig(self)
+        sim_cpu[0] += time.process_time() - t
+
+    rng = np.random.default_rng(seed)
+    steps = 0
+    loop_mod.ControlLoop.advance = timed
+    try:
+        env.reset(seed=seed)  # builds and caches the candidate set: set-up, not per-step cost
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for ep in range(episodes):
+            env.reset(seed=seed + ep)
+            while True:
+                a = int(rng.choice(np.flatnonzero(env.action_masks()))) if policy == "random" else 0
+                _, _, term, trunc, _ = env.step(a)
+                steps += 1
+                if term or trunc:
+                    break
+        cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    finally:
+        loop_mod.ControlLoop.advance = orig
+    return {"cluster": cluster, "model": model, "trace": trace, "rate_scale": rate_scale, "policy": policy,
+            "interval_s": env.cfg.interval_s, "steps": steps, "cpu_s": cpu_s, "wall_s": wall_s,
+            "steps_per_cpu_s": steps / cpu_s if cpu_s > 0 else None,
+            "simulator_share": sim_cpu[0] / cpu_s if cpu_s > 0 else None}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("env", help="Deploy-v0 steps per CPU-second", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cluster", default="h100x32")
+    p.add_argument("--model", default="llama-2-70b")
+    p.add_argument("--trace", default="azure-conv")
+    p.add_argument("--rate-scale", type=float, default=1.0)
+    p.add_argument("--episode-s", type=float, default=1800.0)
+    p.add_argument("--episodes", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", choices=["random", "keep"], default="random", help="random valid actions (default) or keep")
+    p.add_argument("--predictor", default="lstm")
+    p.add_argument("--json", help="write the result as JSON here ('-' for stdout)")
+
+
+def main(args) -> int:
+    res = bench_env(args.cluster, args.model, args.trace, rate_scale=args.rate_scale, episode_s=args.episode_s,
+                    episodes=args.episodes, seed=args.seed, policy=args.policy, predictor=args.predictor)
+    if args.json == "-":
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['steps']} steps of {res['interval_s']:.0f} s on {res['cluster']}, {res['model']}, {res['trace']} "
+              f"x{res['rate_scale']:g} ({res['policy']} actions): {res['steps_per_cpu_s']:.1f} steps per CPU-second, "
+              f"{100 * res['simulator_share']:.0f} % of it in the simulator", file=sys.stdout)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=2)
+    return 0

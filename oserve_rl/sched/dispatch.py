@@ -1,0 +1,296 @@
+"""OServe's lower level: how much of each request type each replica should take.
+
+Inputs: ``n[k, j]``, the throughput of replica ``k`` on type ``j`` alone
+(requests/s, ``profiles.ThroughputTable``), and ``lam[j]``, the arrival rate of
+type ``j``. Replica ``k`` serving ``x[k, j]`` requests/s of each type is busy a
+share ``sum_j x[k, j] / n[k, j]`` of the time (its utilisation), which must
+stay <= 1. Two linear programs, both solved with ``scipy.optimize.linprog``
+(HiGHS dual simplex):
+
+(a) max-flow, as in the paper::
+
+        max sum_kj x_kj   s.t.  sum_k x_kj <= lam_j,   sum_j x_kj / n_kj <= 1,   x >= 0
+
+(b) load scale (suggested in oserve.md, not from the paper)::
+
+        max alpha         s.t.  sum_k x_kj = alpha * lam_j,   sum_j x_kj / n_kj <= 1,   x >= 0
+
+Max-flow cannot rank two deployments that both serve everything; ``alpha`` can:
+the deployment serves ``alpha`` times the demand *in the same mix* before one
+replica saturates (``alpha >= 1``: everything served with headroom ``alpha``;
+``alpha < 1``: it cannot keep up). The search maximises ``alpha``.
+
+Choices where the paper is silent:
+
+- Edge caps: an edge ``(k, j)`` exists iff ``n[k, j] > 0`` (the replica can run
+  the type at all: it fits the context and the KV pool); no other cap.
+- Router weights: ``x = x_alpha / alpha`` when ``alpha >= 1`` (serves exactly
+  ``lam`` and spreads the slack evenly: every replica sits at ``1 / alpha`` of
+  its load-scale utilisation), the max-flow ``x`` otherwise (serves as much as
+  possible; it may starve an expensive type, which is the paper's objective).
+  ``DispatchResult.router_rates()`` is the ``[type, replica]`` matrix
+  ``sim.router.WeightedTypeRouter`` takes.
+- Bottleneck / redundant: at the load-scale optimum, replicas with utilisation
+  >= 1 - 1e-6 are the bottleneck (they cap ``alpha``); the others have spare
+  capacity even at the limit and are redundant. ``capacity_value[k]`` (the LP
+  dual, d alpha / d capacity of replica k) ranks them further.
+- Identical rows of ``n`` (replicas of one config) are merged into one row with
+  their summed capacity before solving and split evenly afterwards: identical
+  replicas get identical weights (an LP vertex would load one fully and leave
+  the other idle), and the LP stays small whatever the replica count.
+
+The paper phrases (a) as a max-flow solved by preflow-push, where a unit of
+type-j flow uses ``M_k / n_kj`` of replica k's capacity ``M_k = lcm_j n_kj``.
+Type-dependent consumption on a shared edge is a *generalised* flow (flow with
+gains), which a plain max-flow cannot express; ``max_flow_csgraph`` builds the
+plain network (integer capacities, replica capacity ``max_j n_kj``). It equals
+(a) when each replica has one rate for every type it serves and is an upper
+bound otherwise (tests check both).
+
+    >>> import numpy as np
+    >>> n = np.array([[10.0, 1.0], [2.0, 2.0]])        # replica 0 is fast on type 0 only
+    >>> d = solve_dispatch(n, np.array([5.0, 1.0]))
+    >>> d.alpha, d.x.tolist()                           # twice the demand fits; route exactly lam
+    (2.0, [[5.0, 0.0], [0.0, 1.0]])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+from scipy.optimize import linprog
+
+from oserve_rl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from oserve_rl.cluster import Deployment
+    from oserve_rl.sched.profiles import ThroughputTable
+
+SATURATED = 1.0 - 1e-6  # utilisation at or above this counts as saturated (LP round-off)
+_LP_METHOD = "highs-ds"  # HiGHS dual simplex: ~30 % faster than "highs" on these tiny LPs, same optimum
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """Routing of every type over the replicas (rates in requests/s; arrays are read-only).
+
+    ``x``: [K, J] rates to route (router weights; see the module doc).
+    ``alpha``: load scale (inf when there is no demand; 0 when a demanded type has no replica).
+    ``served_rps``: [J] ``x.sum(0)``. ``utilization``: [K] busy share of each replica under ``x``.
+    ``bottleneck`` / ``redundant``: [K] masks at the load-scale optimum.
+    ``x_max_flow``: [K, J] the max-flow solution (== ``x`` when ``alpha < 1``).
+    ``x_load_scale``: [K, J] ``alpha * lam`` routed at the limit (zeros when alpha is inf).
+    ``capacity_value``: [K] d alpha / d (capacity of replica k), the LP dual.
+    ``type_price``: [J] dual of the type rows, scaled so that ``lam @ type_price == 1``; for any
+    deployment, ``alpha <= sum_k cap_k * max_j type_price_j * n_kj`` (weak duality).
+    ``demand_rps``: [J] the ``lam`` it was solved for.
+    """
+
+    x: np.ndarray
+    alpha: float
+    served_rps: np.ndarray
+    utilization: np.ndarray
+    bottleneck: np.ndarray
+    redundant: np.ndarray
+    x_max_flow: np.ndarray
+    x_load_scale: np.ndarray
+    capacity_value: np.ndarray
+    type_price: np.ndarray
+    demand_rps: np.ndarray
+
+    @property
+    def max_flow_rps(self) -> float:
+        return float(self.x_max_flow.sum())
+
+    @property
+    def demand_served(self) -> float:
+        """Share of the total demand that ``x`` serves (1.0 when alpha >= 1 or there is no demand)."""
+        total = float(self.demand_rps.sum())
+        return min(1.0, float(self.served_rps.sum()) / total) if total > 0 else 1.0
+
+    def router_rates(self) -> np.ndarray:
+        """``[type, replica]`` weights for ``oserve_rl.sim.router.WeightedTypeRouter``."""
+        return np.ascontiguousarray(self.x.T)
+
+
+class LoadScale(NamedTuple):
+    """Solution of LP (b): alpha, x [K, J] at the limit, capacity duals [K], type prices [J]."""
+
+    alpha: float
+    x: np.ndarray
+    capacity_value: np.ndarray
+    type_price: np.ndarray
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = np.asarray(n, dtype=np.float64)
+    lam = np.asarray(lam, dtype=np.float64)
+    if n.ndim != 2 or n.shape[0] == 0 or n.shape[1] == 0:
+        raise ConfigError(f"dispatch: n must be a non-empty [replica, type] matrix, got shape {n.shape}")
+    if lam.shape != (n.shape[1],):
+        raise ConfigError(f"dispatch: lam must have one rate per type ({n.shape[1]}), got shape {lam.shape}")
+    for name, a in (("n", n), ("lam", lam)):
+        if not np.all(np.isfinite(a)) or np.any(a < 0):
+            bad = np.argwhere(~np.isfinite(a) | (a < 0))[0]
+            raise ConfigError(f"dispatch: {name}{list(bad)} = {a[tuple(bad)]}; values must be finite and >= 0")
+    if capacity is None:
+        cap = np.ones(n.shape[0])
+    else:
+        cap = np.asarray(capacity, dtype=np.float64)
+        if cap.shape != (n.shape[0],) or not np.all(np.isfinite(cap)) or np.any(cap < 0):
+            raise ConfigError(
+                f"dispatch: capacity must be {n.shape[0]} finite values >= 0 (replicas per row), got {capacity!r}"
+            )
+    return n, lam, cap
+
+
+def _edges(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, type) of every usable edge: the replica runs the type, the type is demanded, the row has capacity."""
+    usable = (n > 0) & (lam > 0)[None, :] & (cap > 0)[:, None]
+    return np.nonzero(usable)
+
+
+def _solve(c, a_ub, b_ub, a_eq=None, b_eq=None):
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method=_LP_METHOD)
+    if res.status != 0:  # both LPs are feasible (x = 0) and bounded; anything else is a solver failure
+        raise RuntimeError(f"dispatch LP failed: {res.message}")
+    return res
+
+
+# --------------------------------------------------------------------------- the two LPs
+
+
+def load_scale_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> LoadScale:
+    """LP (b) on rows with ``capacity[k]`` replicas each (default 1): max alpha with alpha * lam served."""
+    n, lam, cap = _check(n, lam, capacity)
+    k_count, j_count = n.shape
+    demanded = np.flatnonzero(lam > 0)
+    if demanded.size == 0:
+        return LoadScale(math.inf, np.zeros_like(n), np.zeros(k_count), np.zeros(j_count))
+    rows, types = _edges(n, lam, cap)
+    m = rows.size
+    eq_row = np.searchsorted(demanded, types)
+    # Variables: x on each edge, then alpha. Type rows: sum_k x_kj - lam_j alpha = 0. Replica rows: busy share <= cap.
+    a_eq = np.zeros((demanded.size, m + 1))
+    a_eq[eq_row, np.arange(m)] = 1.0
+    a_eq[:, m] = -lam[demanded]
+    a_ub = np.zeros((k_count, m + 1))
+    a_ub[rows, np.arange(m)] = 1.0 / n[rows, types]
+    c = np.zeros(m + 1)
+    c[m] = -1.0
+    res = _solve(c, a_ub, cap, a_eq, np.zeros(demanded.size))
+    alpha = float(res.x[m])
+    x = np.zeros_like(n)
+    x[rows, types] = np.maximum(res.x[:m], 0.0)  # HiGHS may return -0.0 / -1e-17
+    # Duals of min(-alpha): the type-row marginals are proportional to the prices of weak duality;
+    # clip and rescale so that lam @ price == 1 holds exactly (any such price gives a valid bound).
+    price = np.zeros(j_count)
+    price[demanded] = np.maximum(res.eqlin.marginals, 0.0)
+    scale = float(lam @ price)
+    price = price / scale if scale > 0 else price
+    return LoadScale(alpha, x, -np.asarray(res.ineqlin.marginals, dtype=np.float64), price)
+
+
+def max_flow_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> np.ndarray:
+    """LP (a): the [K, J] rates that serve the most requests/s in total."""
+    n, lam, cap = _check(n, lam, capacity)
+    rows, types = _edges(n, lam, cap)
+    x = np.zeros_like(n)
+    if rows.size == 0:
+        return x
+    m = rows.size
+    j_count = n.shape[1]
+    a_ub = np.zeros((j_count + n.shape[0], m))
+    a_ub[types, np.arange(m)] = 1.0
+    a_ub[j_count + rows, np.arange(m)] = 1.0 / n[rows, types]
+    res = _solve(-np.ones(m), a_ub, np.concatenate([lam, cap]))
+    x[rows, types] = np.maximum(res.x, 0.0)
+    return x
+
+
+def solve_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> DispatchResult:
+    """Both LPs for replicas with throughputs ``n`` [K, J] under demand ``lam`` [J] (module doc).
+
+    ``capacity[k]`` (default 1) lets one row stand for several identical replicas; rates are then per row.
+    """
+    n, lam, cap = _check(n, lam, capacity)
+    # Identical rows (replicas of one config) become one row with their summed capacity.
+    uniq, inverse = np.unique(n, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    group_cap = np.bincount(inverse, weights=cap, minlength=len(uniq))
+    share = np.divide(cap, group_cap[inverse], out=np.zeros_like(cap), where=group_cap[inverse] > 0)
+    ls = load_scale_lp(uniq, lam, group_cap)
+    x_alpha = ls.x[inverse] * share[:, None]
+    if math.isinf(ls.alpha):
+        x_flow = np.zeros_like(n)
+    elif ls.alpha >= 1.0:
+        x_flow = x_alpha / ls.alpha  # serves lam exactly: a max-flow optimum
+    else:
+        x_flow = max_flow_lp(uniq, lam, group_cap)[inverse] * share[:, None]
+    x = x_flow
+    busy = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
+    per_cap = np.divide(1.0, cap, out=np.zeros_like(cap), where=cap > 0)
+    util = (x * busy).sum(axis=1) * per_cap
+    util_alpha = (x_alpha * busy).sum(axis=1) * per_cap
+    bottleneck = (util_alpha >= SATURATED) & (cap > 0)
+    arrays = {
+        "x": x, "served_rps": x.sum(axis=0), "utilization": util, "bottleneck": bottleneck, "redundant": ~bottleneck,
+        "x_max_flow": x_flow, "x_load_scale": x_alpha, "capacity_value": ls.capacity_value[inverse],
+        "type_price": ls.type_price, "demand_rps": lam.copy(),
+    }
+    for a in arrays.values():
+        a.setflags(write=False)
+    return DispatchResult(alpha=ls.alpha, **arrays)
+
+
+def dispatch_for_deployment(deployment: "Deployment", lam: np.ndarray, table: "ThroughputTable") -> DispatchResult:
+    """``solve_dispatch`` on a deployment's replicas (rows in replica order) with ``table``'s throughputs."""
+    if len(deployment) == 0:
+        raise ConfigError(f"dispatch: deployment {deployment} has no replicas")
+    return solve_dispatch(table.for_deployment(deployment), lam)
+
+
+# --------------------------------------------------------------------------- the paper's network as a plain max-flow
+
+
+def max_flow_csgraph(
+    n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None, resolution_rps: float = 1e-3
+) -> float:
+    """Value (requests/s) of the plain max-flow source -> type -> replica -> sink (scipy's Dinic).
+
+    Capacities are integers in units of ``resolution_rps``: source -> type j: ``lam_j``; type j ->
+    replica k: ``cap_k * n_kj`` where ``n_kj > 0``; replica k -> sink: ``cap_k * max_j n_kj``.
+    Equal to LP (a) (within ``resolution_rps`` per edge) when every replica has a single rate for
+    the types it serves; an upper bound on it otherwise (module doc).
+    """
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import maximum_flow
+
+    n, lam, cap = _check(n, lam, capacity)
+    if not (math.isfinite(resolution_rps) and resolution_rps > 0):
+        raise ConfigError(f"max_flow_csgraph: resolution_rps must be > 0, got {resolution_rps!r}")
+    k_count, j_count = n.shape
+    rows, types = _edges(n, lam, cap)
+    src, sink = 0, 1 + j_count + k_count
+    type_node, rep_node = 1 + np.arange(j_count), 1 + j_count + np.arange(k_count)
+    tail = np.concatenate([np.zeros(j_count, int), type_node[types], rep_node])
+    head = np.concatenate([type_node, rep_node[rows], np.full(k_count, sink)])
+    rate = np.concatenate([lam, cap[rows] * n[rows, types], cap * n.max(axis=1)])
+    units = np.floor(rate / resolution_rps + 1e-9)
+    if units.max(initial=0) >= 2**31:
+        raise ConfigError(f"max_flow_csgraph: rates up to {rate.max():g} rps overflow int32 at resolution "
+                          f"{resolution_rps:g}; use a coarser resolution_rps")
+    graph = csr_array((units.astype(np.int32), (tail, head)), shape=(sink + 1, sink + 1))
+    return float(maximum_flow(graph, src, sink, method="dinic").flow_value) * resolution_rps
+
+
+__all__ = [
+    "SATURATED", "DispatchResult", "LoadScale", "dispatch_for_deployment", "load_scale_lp", "max_flow_csgraph",
+    "max_flow_lp", "solve_dispatch",
+]

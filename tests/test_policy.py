@@ -1,0 +1,199 @@
+"""The policy interface, scenarios, the control loop, the baselines and evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oserve_rl.agents import make_policy, policy_names
+from oserve_rl.cluster import parse_deployment
+from oserve_rl.errors import ConfigError, UnknownNameError
+from oserve_rl.policy import ClusterState, Decision, Policy, Scenario, run_policy
+from oserve_rl.workload import load_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return Scenario("h100x8", "llama-2-70b", "azure-conv", rate_scale=1.0, duration_s=300).build(seed=0)
+
+
+class SwitchAt(Policy):
+    """Starts on 4xTP2, asks for 2xTP4 at the first decision after ``at_s``."""
+
+    name = "switch_at"
+
+    def __init__(self, at_s: float = 60.0):
+        self.at_s = at_s
+
+    def decide(self, state: ClusterState) -> Decision:
+        if state.deployment is None:
+            return Decision(parse_deployment("4xTP2", self.ctx.cluster, self.ctx.model))
+        if state.now_s >= self.at_s and state.deployment.spec_string() == "4xTP2":
+            return Decision(parse_deployment("2xTP4", self.ctx.cluster, self.ctx.model, prefer=state.deployment))
+        return Decision()
+
+
+def test_two_policies_on_one_seed_see_identical_arrivals(small):
+    a = run_policy(SwitchAt(), small, decision_delay_s=0.0)
+    b = run_policy(make_policy("threshold_autoscaler"), small, decision_delay_s=0.0)
+    ra, rb = a.sim.recorder, b.sim.recorder
+    assert ra.n == rb.n == len(small.trace)
+    np.testing.assert_array_equal(ra.arrival_s, rb.arrival_s)
+    np.testing.assert_array_equal(ra.input_tokens, rb.input_tokens)
+    np.testing.assert_array_equal(ra.output_tokens, rb.output_tokens)
+    # and a rebuilt episode with the same seed is the same again
+    again = Scenario("h100x8", "llama-2-70b", "azure-conv", rate_scale=1.0, duration_s=300).build(seed=0)
+    np.testing.assert_array_equal(again.trace.arrival_s, small.trace.arrival_s)
+    np.testing.assert_array_equal(again.types, small.types)
+
+
+def test_every_request_is_accounted_for_and_the_decision_delay_is_charged(small):
+    res = run_policy(SwitchAt(60.0), small, decision_delay_s=7.0)
+    s = res.summary
+    assert s["completed"] + s["rejected"] + s["in_flight"] == s["requests"] == len(small.trace)
+    assert len(res.sim.switches) == 1
+    assert res.sim.switches[0].start_s == pytest.approx(67.0)  # decided at 60 s, charged 7 s
+    assert res.decisions[0]["t_s"] == 0.0 and not res.decisions[0]["switched"]
+
+
+def test_first_decision_must_name_a_deployment(small):
+    class Lazy(Policy):
+        name = "lazy"
+
+        def decide(self, state):
+            return Decision()
+
+    with pytest.raises(ConfigError, match="first decision"):
+        run_policy(Lazy(), small)
+
+
+def test_weights_must_match_the_deployment(small):
+    class BadWeights(Policy):
+        name = "bad_weights"
+
+        def decide(self, state):
+            dep = parse_deployment("4xTP2", self.ctx.cluster, self.ctx.model)
+            return Decision(dep, weights=np.ones((state.num_types, 3)))
+
+    with pytest.raises(ConfigError, match="weights"):
+        run_policy(BadWeights(), small)
+
+
+def test_scale_load_keeps_the_span_and_is_seeded():
+    tr = load_trace("azure-conv").rebase().slice(0, 600)
+    two = tr.scale_load(2.0, seed=1)
+    assert len(two) == 2 * len(tr)
+    assert two.arrival_s[-1] <= tr.arrival_s[-1] + 30.0 + 1e-9
+    assert np.all(np.diff(two.arrival_s) >= 0)
+    half = tr.scale_load(0.5, seed=1)
+    assert 0.4 * len(tr) < len(half) < 0.6 * len(tr)
+    np.testing.assert_array_equal(tr.scale_load(1.5, seed=3).arrival_s, tr.scale_load(1.5, seed=3).arrival_s)
+    with pytest.raises(ConfigError, match="factor"):
+        tr.scale_load(0.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"slo_ttft_s": 0.0}, "slo_ttft_s"),
+    ({"slo_tpot_s": -1.0}, "slo_tpot_s"),
+    ({"rate_scale": 0.0}, "rate_scale"),
+    ({"start_s": "later"}, "start_s"),
+])
+def test_impossible_scenarios_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Scenario("h100x8", "llama-2-70b", "azure-conv", **kwargs)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="oserve"):
+        make_policy("oserv")
+    with pytest.raises(UnknownNameError):
+        Scenario("h100x9", "llama-2-70b", "azure-conv")
+    with pytest.raises(ConfigError, match="start_s"):
+        Scenario("h100x8", "llama-2-70b", "azure-conv", start_s=1e7).build()
+
+
+def test_registry_has_every_baseline():
+    assert set(policy_names()) >= {"vllm_static", "oserve", "oserve_oracle", "vllm_reload", "llumnix",
+                                   "threshold_autoscaler", "brute_force"}
+
+
+def test_vllm_static_runs_its_sweeps_best(small):
+    pol = make_policy("vllm_static")
+    res = run_policy(pol, small)
+    best = min(pol.sweep, key=lambda r: (-r["completed"], r["p99_e2e_s"]))
+    assert res.summary["deployment"] == best["deployment"]
+    assert res.summary["switches"] == 0
+    assert res.summary["e2e_s"]["p99"] == pytest.approx(best["p99_e2e_s"])
+
+
+def test_oserve_decides_with_weights_for_every_replica(small):
+    res = run_policy(make_policy("oserve"), small, decision_delay_s=0.0)
+    assert res.summary["completed"] > 0
+    pol = make_policy("oserve")
+    from oserve_rl.policy import ControlLoop
+
+    loop = ControlLoop(small, decision_delay_s=0.0)
+    pol.reset(loop.context())
+    d = pol.decide(loop.observe())
+    assert d.deployment is not None and d.weights.shape == (small.num_types, len(d.deployment))
+    assert np.all(d.weights >= 0) and d.weights.sum() > 0
+
+
+def test_oserve_oracle_reads_the_true_rates(small):
+    from oserve_rl.policy import ControlLoop
+
+    loop = ControlLoop(small, hindsight=True)
+    state = loop.observe()
+    lo, hi = np.searchsorted(small.trace.arrival_s, [0.0, 60.0])
+    np.testing.assert_allclose(state.true_next_rps * 60.0, np.bincount(small.types[lo:hi], minlength=small.num_types))
+    assert ControlLoop(small).observe().true_next_rps is None  # nobody else sees the future
+
+
+def test_autoscaler_scales_up_under_overload():
+    data = Scenario("h100x8", "llama-2-70b", "azure-conv", rate_scale=4.0, duration_s=900).build(seed=0)
+    res = run_policy(make_policy("threshold_autoscaler", initial_fraction=0.25), data, decision_delay_s=0.0)
+    assert res.summary["switches"] >= 1
+    first, last = res.sim.timeline[0][1], res.sim.timeline[-1][1]
+    assert int(last.split("x")[0]) > int(first.split("x")[0])
+
+
+def test_evaluate_writes_the_figures_the_issue_asks_for(tmp_path, small):
+    from oserve_rl.evaluation import FIGURE_KEYS, evaluate
+
+    scen = Scenario("h100x8", "llama-2-70b", "azure-conv", duration_s=240)
+    table = evaluate(scen, ["vllm_static", "threshold_autoscaler"], seeds=[0], progress=False, decision_delay_s=0.0)
+    out = table.write(tmp_path / "eval", tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert set(data) == {"vllm_static", "threshold_autoscaler"}
+    for figures in data.values():
+        assert set(figures) == set(FIGURE_KEYS)
+        assert set(figures["e2e_s"]) == {"p50", "p99"}
+    for f in ("table.md", "table.csv", "per_seed.csv", "results.json", "latency_cdf.png", "p99_over_time.png",
+              "deployment_timeline.png"):
+        assert (out / f).stat().st_size > 0
+
+
+def _evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def test_evaluate_cli_bad_input_is_one_clear_error(tmp_path):
+    r = _evaluate("--cluster", "h100x8", "--model", "llama-2-70b", "--trace", "azure-conv", "--policies",
+                  "vllm_statik", "--out", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "vllm_static" in r.stderr
+    assert "Traceback" not in r.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster: h100x8\nmodel: llama-2-70b\ntrace: azure-conv\nrate_sclae: 2\n")
+    r = _evaluate("--config", str(cfg))
+    assert r.returncode == 2 and "rate_sclae" in r.stderr and "rate_scale" in r.stderr
+    r = _evaluate("--cluster", "h100x8", "--model", "llama-2-70b", "--trace", "azure-conv", "--slo-ttft", "0",
+                  "--out", str(tmp_path))
+    assert r.returncode == 2 and "slo_ttft_s" in r.stderr
