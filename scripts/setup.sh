@@ -8,11 +8,12 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.oserve-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+stamp=.venv/.oserve-setup-$(cat pyproject.toml scripts/setup.sh constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0" || echo "note: torch==2.13.0 not available; GPU-profiling tests will skip" >&2
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # The whole stack (RL, RLlib, export, live adapter); versions pinned in constraints.txt.
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,rl,rllib,export,live]"
   rm -f .venv/.oserve-setup-*
   touch "$stamp"
 fi

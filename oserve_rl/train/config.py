@@ -63,6 +63,9 @@ class TrainConfig(BaseModel):
     torch_threads: int = Field(1, ge=1)
     hyperparams: dict[str, Any] = {}
     eval: EvalConfig = EvalConfig()
+    # Added to the policy's initial action logits, e.g. {1: 2.0}: start near "do what OServe does" and
+    # explore from there instead of from uniformly random switching (sb3 backend; documented in docs/training.md).
+    init_action_bias: dict[int, float] = {}
     num_env_runners: int = Field(0, ge=0)
     ray_address: str | None = None
 

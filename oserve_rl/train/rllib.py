@@ -26,7 +26,7 @@ Accepted ``hyperparams`` keys (anything else is a ``ConfigError``):
 - sampling (``env_runners(...)``): ``rollout_fragment_length``, ``num_envs_per_env_runner``.
 
     >>> from oserve_rl.train.config import load_train_config
-    >>> cfg = load_train_config("configs/train/quickstart.yaml", backend="rllib", algo="ppo", total_steps=200)
+    >>> cfg = load_train_config("configs/train/quickstart_rllib.yaml", total_steps=200)   # doctest: +SKIP
     >>> summary = train_rllib(cfg, Path("runs/rllib-demo"))            # doctest: +SKIP
     >>> act = load_rllib_actor("runs/rllib-demo/checkpoint")            # doctest: +SKIP
 """
@@ -42,7 +42,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import gymnasium as gym
 import numpy as np
@@ -129,7 +128,8 @@ def split_hyperparams(hp: dict[str, Any], total_steps: int) -> tuple[dict[str, A
             alias = {"learning_rate": "lr", "lambda": "lambda_", "gae_lambda": "lambda_", "n_epochs": "num_epochs",
                      "batch_size": "minibatch_size", "n_steps": "train_batch_size_per_learner",
                      "ent_coef": "entropy_coeff", "vf_coef": "vf_loss_coeff", "clip_range": "clip_param",
-                     "max_grad_norm": "grad_clip", "net_arch": "fcnet_hiddens"}.get(k) or (close[0] if close else None)
+                     "max_grad_norm": "grad_clip", "net_arch": "fcnet_hiddens",
+                     "policy_kwargs": "fcnet_hiddens"}.get(k) or (close[0] if close else None)
             hints.append(f"{k!r}" + (f" (did you mean {alias!r}?)" if alias else ""))
         raise ConfigError(f"hyperparams: unknown key(s) {', '.join(hints)} for the rllib backend (RLlib PPO); "
                           f"valid: {', '.join(valid)}")
@@ -150,10 +150,35 @@ def _parse_host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _use_local_auth_token() -> None:
+    """Send this machine's Ray token (~/.ray/auth_token) to a cluster on this machine.
+
+    Ray >= 2.5x enables token authentication on `ray start --head` once a token
+    exists, but a driver given an explicit address never picks it up by itself
+    (only ``address="auto"`` does), so joining 127.0.0.1:PORT failed with
+    "InvalidAuthToken". For remote addresses the user opts in (RAY_AUTH_MODE=token).
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def _unreachable(address: str, why: str) -> ConfigError:
+    auth = "" if "RAY_AUTH_MODE" in os.environ else \
+        "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
     return ConfigError(f"--ray-address {address}: cannot reach a Ray cluster there ({why}); start one with "
                        "`ray start --head --port 6379` and pass --ray-address 127.0.0.1:6379 "
-                       "(or leave --ray-address out to train on a local Ray)")
+                       f"(or leave --ray-address out to train on a local Ray){auth}")
 
 
 def init_ray(cfg: TrainConfig, run_dir: Path) -> None:
@@ -173,10 +198,13 @@ def init_ray(cfg: TrainConfig, run_dir: Path) -> None:
                 socket.create_connection(hp, timeout=RAY_CONNECT_TIMEOUT_S).close()
             except OSError as e:
                 raise _unreachable(address, e.strerror or type(e).__name__) from None
+        if address == "auto" or (hp is not None and _is_loopback(hp[0])):
+            _use_local_auth_token()
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
-            raise _unreachable(address, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise _unreachable(address, why) from None
         return
     tmp = (run_dir / "ray").resolve()
     kw: dict[str, Any] = {}
@@ -192,13 +220,10 @@ def build_config(cfg: TrainConfig):
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.rllib.examples.rl_modules.classes.action_masking_rlm import ActionMaskingTorchRLModule
-    from ray.tune.registry import register_env
 
     training, model, runners = split_hyperparams(cfg.hyperparams, cfg.total_steps)
-    env_opts, threads = dict(cfg.env), cfg.torch_threads
-    register_env(ENV_NAME, lambda _ctx: make_masked_env(env_opts, threads))
     model = {"fcnet_hiddens": [64, 64], **model}
-    return (
+    config = (
         PPOConfig()
         .environment(ENV_NAME, disable_env_checking=True)
         .framework("torch")
@@ -209,22 +234,33 @@ def build_config(cfg: TrainConfig):
         .debugging(seed=cfg.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=20)
     )
+    try:  # RLlib's own consistency checks (batch sizes, coefficients), before any Ray process starts
+        config.copy(copy_frozen=False).validate()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"hyperparams (rllib): {str(e).strip().splitlines()[0]}") from None
+    return config
 
 
-def build_algo(cfg: TrainConfig, run_dir: Path):
-    config = build_config(cfg)
+def build_algo(cfg: TrainConfig, config: Any, run_dir: Path):
+    """The Algorithm on the connected Ray (registers the env creator there first)."""
     import ray.tune.trainable.trainable as trainable_mod
+    from ray.tune.registry import register_env
+
+    env_opts, threads = dict(cfg.env), cfg.torch_threads
+    register_env(ENV_NAME, lambda _ctx: make_masked_env(env_opts, threads))
 
     # A bare Algorithm makes an (empty) logdir under ~/ray_results; keep it inside the run directory.
     storage = str((run_dir / "rllib").resolve())
     os.makedirs(storage, exist_ok=True)
-    patch = mock.patch.object(trainable_mod, "DEFAULT_STORAGE_PATH", storage) \
-        if hasattr(trainable_mod, "DEFAULT_STORAGE_PATH") else mock.MagicMock()
+    saved = getattr(trainable_mod, "DEFAULT_STORAGE_PATH", None)
+    trainable_mod.DEFAULT_STORAGE_PATH = storage
     try:
-        with patch:
-            return config.build_algo()
-    except ValueError as e:  # AlgorithmConfig.validate: inconsistent batch sizes etc.
-        raise ConfigError(f"hyperparams (rllib): {e}") from None
+        return config.build_algo()
+    except (ValueError, TypeError) as e:  # AlgorithmConfig.validate: inconsistent batch sizes etc.
+        raise ConfigError(f"hyperparams (rllib): {str(e).strip().splitlines()[0]}") from None
+    finally:
+        if saved is not None:
+            trainable_mod.DEFAULT_STORAGE_PATH = saved
 
 
 def current_module(algo: Any):
@@ -268,7 +304,7 @@ def load_rllib_actor(path: str | Path) -> Callable[[dict[str, np.ndarray], Any],
     ``path`` is an algorithm checkpoint (``run_dir/checkpoint``), a run directory holding one, or a
     module checkpoint (``run_dir/best_module``). Deterministic: argmax of the masked logits.
 
-        >>> act = load_rllib_actor("runs/quickstart-ppo-s0/checkpoint")   # doctest: +SKIP
+        >>> act = load_rllib_actor("runs/quickstart_rllib-ppo-s0/checkpoint")   # doctest: +SKIP
         >>> action = act(obs, env)                                        # doctest: +SKIP
     """
     p = Path(path)
@@ -325,15 +361,16 @@ def train_rllib(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     torch.set_num_threads(cfg.torch_threads)
-    training, _, _ = split_hyperparams(cfg.hyperparams, cfg.total_steps)  # bad keys fail before Ray starts
+    training, _, _ = split_hyperparams(cfg.hyperparams, cfg.total_steps)
+    config = build_config(cfg)  # bad hyperparameters fail here, before Ray starts
     init_ray(cfg, run_dir)
     try:
-        return _train(cfg, run_dir, training)
+        return _train(cfg, run_dir, config, training)
     finally:
         ray.shutdown()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, training: dict[str, Any]) -> dict[str, Any]:
+def _train(cfg: TrainConfig, run_dir: Path, config: Any, training: dict[str, Any]) -> dict[str, Any]:
     from ray.rllib.utils.metrics import (
         ENV_RUNNER_RESULTS,
         EPISODE_LEN_MEAN,
@@ -348,7 +385,7 @@ def _train(cfg: TrainConfig, run_dir: Path, training: dict[str, Any]) -> dict[st
     # Built first, in the driver: a bad env option fails here as one clear error, not inside an env runner.
     eval_env = DeployEnv(dict(cfg.env))
     eval_env.reset(seed=cfg.seed + 10_000)
-    algo = build_algo(cfg, run_dir)
+    algo = build_algo(cfg, config, run_dir)
     writer = SummaryWriter(str(_tb_dir(run_dir)))
     try:
         _log_hparams(writer, cfg, {**cfg.hyperparams, **training})
@@ -356,11 +393,13 @@ def _train(cfg: TrainConfig, run_dir: Path, training: dict[str, Any]) -> dict[st
         baselines = heuristic_baselines(eval_env, cfg.eval.heuristics, scenarios)
         history: list[dict[str, Any]] = []
         best = math.inf
+        eval_s = 0.0
         t0 = time.perf_counter()
         steps = 0
 
         def evaluate() -> None:
-            nonlocal best
+            nonlocal best, eval_s
+            t_eval = time.perf_counter()
             module = current_module(algo)
             res = {"agent": evaluate_on_windows(eval_env, module_actor(module), scenarios), **baselines}
             for name, metrics in res.items():
@@ -372,17 +411,21 @@ def _train(cfg: TrainConfig, run_dir: Path, training: dict[str, Any]) -> dict[st
             if p99 < best:
                 best = p99
                 module.save_to_path(str((run_dir / "best_module").resolve()))
+            eval_s += time.perf_counter() - t_eval
 
-        next_eval = 0
-        iterations = 0
+        next_eval = iterations = stalled = 0
         while steps < cfg.total_steps:
             if steps >= next_eval:
                 next_eval += cfg.eval.every_steps
                 evaluate()
             result = algo.train()
             iterations += 1
-            steps = int(result.get(NUM_ENV_STEPS_SAMPLED_LIFETIME)
-                        or result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
+            prev, steps = steps, int(result.get(NUM_ENV_STEPS_SAMPLED_LIFETIME)
+                                     or result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME])
+            stalled = stalled + 1 if steps <= prev else 0
+            if stalled >= 5:  # e.g. every env runner died and was not restarted: never loop forever
+                raise RuntimeError(f"RLlib sampled no env steps in 5 iterations (stuck at {steps}); "
+                                   "see the Ray logs of the env runners")
             runners = result.get(ENV_RUNNER_RESULTS, {})
             for tag, val in (("rollout/ep_rew_mean", runners.get(EPISODE_RETURN_MEAN)),
                              ("rollout/ep_len_mean", runners.get(EPISODE_LEN_MEAN)),
@@ -393,13 +436,15 @@ def _train(cfg: TrainConfig, run_dir: Path, training: dict[str, Any]) -> dict[st
                 if k in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "curr_kl_coeff", "vf_explained_var") \
                         and _num(v) is not None:
                     writer.add_scalar(f"train/{k}", _num(v), steps)
-        train_s = time.perf_counter() - t0
+        train_s, loop_eval_s = time.perf_counter() - t0, eval_s
         evaluate()
         algo.save_to_path(str((run_dir / "checkpoint").resolve()))
     finally:
         writer.close()
         algo.stop()
+    # steps_per_s counts the periodic evaluations, like SB3's; sampling+learning alone is the second figure.
     summary = {"train_s": train_s, "steps": steps, "steps_per_s": steps / max(train_s, 1e-9),
+               "eval_s": loop_eval_s, "steps_per_s_without_eval": steps / max(train_s - loop_eval_s, 1e-9),
                "iterations": iterations, "final": history[-1], "best_p99_e2e_s": best, "history": history,
                "checkpoint": str(run_dir / "checkpoint")}
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")

@@ -45,6 +45,24 @@ def make_env(cfg: TrainConfig, seed: int):
     return env
 
 
+def apply_action_bias(model: Any, bias: dict[int, float]) -> None:
+    """Shift the initial logits of the listed actions (a prior, e.g. towards OServe's action 1)."""
+    import torch
+
+    from oserve_rl.errors import ConfigError
+
+    net = getattr(model.policy, "action_net", None)
+    if net is None or not hasattr(net, "bias"):
+        raise ConfigError(f"init_action_bias needs a policy with an action_net (PPO, MaskablePPO, A2C); "
+                          f"{type(model).__name__} has none")
+    n = net.bias.shape[0]
+    with torch.no_grad():
+        for a, b in bias.items():
+            if not 0 <= int(a) < n:
+                raise ConfigError(f"init_action_bias: action {a} outside 0..{n - 1}")
+            net.bias[int(a)] += float(b)
+
+
 def agent_actor(model: Any, masked: bool):
     def act(obs: dict[str, np.ndarray], env: Any) -> int:
         if masked:
@@ -68,6 +86,8 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     hp = dict(cfg.hyperparams)
     model = cls("MultiInputPolicy", env, seed=cfg.seed, verbose=0, tensorboard_log=str(run_dir / "tb"),
                 device="cpu", **hp)
+    if cfg.init_action_bias:
+        apply_action_bias(model, cfg.init_action_bias)
     eval_env = make_env(cfg, cfg.seed + 10_000)
     scenarios = validation_scenarios(cfg)
     masked = cfg.algo == "maskable_ppo"
