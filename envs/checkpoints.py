@@ -76,10 +76,16 @@ class CheckpointPolicy:
         from oserve_rl.envs.deploy import DeployEnv
         from oserve_rl.policy import EpisodeResult
 
+        import time
+
         env = DeployEnv(self.env_cfg)
         obs, _ = env.reset(seed=0, options={"episode": data})
         while True:
-            obs, _, terminated, truncated, _ = env.step(self.act(obs, env))
+            t0 = time.perf_counter()
+            action = self.act(obs, env)
+            think_s = time.perf_counter() - t0
+            obs, _, terminated, truncated, _ = env.step(action)
+            env.loop.decisions[-1]["decision_s"] = think_s  # the agent's own inference time (the env charges a fixed delay)
             if terminated or truncated:
                 break
         return env.loop.result(self.name)

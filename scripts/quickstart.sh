@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The main job on the bundled default: set-up, then the most complete pipeline available today:
-# the performance model's validation report, then a simulated hour of the Azure conversation
-# trace on Llama-2-70B as 4 x TP2 on an 8 x H100 node, switching to 2 x TP4 half-way.
+# The main job on the bundled default, on a fresh machine:
+#   1. set-up (.venv with the whole stack; skipped when already done),
+#   2. a short MaskablePPO run on Deploy-v0 (configs/train/quickstart.yaml: Azure conv, Llama-2-70B, 16 H100s),
+#   3. evaluate.py: the trained agent against vllm_static and OServe on the held-out validation window,
+#      printing the table (files and plots in reports/eval/quickstart).
+# About 5-10 minutes on 2 cores after the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m oserve_rl perf validate --out reports/perf
-if .venv/bin/python -m oserve_rl simulate --help >/dev/null 2>&1; then
-  .venv/bin/python -m oserve_rl simulate --cluster h100x8 --model llama-2-70b --deployment 4xTP2 --switch 1800:2xTP4 \
-    --trace azure-conv --out reports/sim/quickstart
-fi
+PY=.venv/bin/python
+RUN=runs/quickstart
+$PY train.py --config configs/train/quickstart.yaml --logdir runs --run-name quickstart
+$PY evaluate.py --cluster h100x16 --model llama-2-70b --trace azure-conv --rate-scale 2 --start 2400 --duration 1200 \
+  --predictor ewma --policies "vllm_static,oserve,maskable_ppo:$RUN/model.zip" --out reports/eval/quickstart
+echo
+echo "TensorBoard (training curves; agent vs heuristics under eval/<metric>/<policy>):"
+echo "  .venv/bin/tensorboard --logdir $RUN/tb"
