@@ -53,6 +53,7 @@ from oserve_rl.sched import (
 
 class OServe(Policy):
     name = "oserve"
+    needs_forecaster = True
 
     def __init__(self, hysteresis: float = 0.05, amortise_s: float = 600.0, patience: int = 20,
                  tpot_bound: str | float | None = "slo", min_switch_interval_s: float = 0.0, seed: int = 0,
@@ -208,6 +209,7 @@ class OServeOracle(OServe):
 
     name = "oserve_oracle"
     uses_hindsight = True
+    needs_forecaster = False
 
     def rates(self, state: ClusterState) -> np.ndarray:
         if state.true_next_rps is None:

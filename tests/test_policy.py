@@ -13,6 +13,7 @@ import pytest
 from oserve_rl.agents import make_policy, policy_names
 from oserve_rl.cluster import parse_deployment
 from oserve_rl.errors import ConfigError, UnknownNameError
+from oserve_rl.forecast import make_predictor
 from oserve_rl.policy import ClusterState, Decision, Policy, Scenario, run_policy
 from oserve_rl.workload import load_trace
 
@@ -134,7 +135,7 @@ def test_vllm_static_runs_its_sweeps_best(small):
 
 
 def test_oserve_decides_with_weights_for_every_replica(small):
-    res = run_policy(make_policy("oserve"), small, decision_delay_s=0.0)
+    res = run_policy(make_policy("oserve"), small, decision_delay_s=0.0, forecaster=make_predictor("ewma"))
     assert res.summary["completed"] > 0
     pol = make_policy("oserve")
     from oserve_rl.policy import ControlLoop
@@ -197,3 +198,21 @@ def test_evaluate_cli_bad_input_is_one_clear_error(tmp_path):
     r = _evaluate("--cluster", "h100x8", "--model", "llama-2-70b", "--trace", "azure-conv", "--slo-ttft", "0",
                   "--out", str(tmp_path))
     assert r.returncode == 2 and "slo_ttft_s" in r.stderr
+
+
+def test_a_forecasting_policy_without_a_predictor_is_refused(small):
+    with pytest.raises(ConfigError, match="needs a trained predictor"):
+        run_policy(make_policy("oserve"), small, forecaster=None)
+
+
+def test_a_trace_shorter_than_the_predictors_history_is_refused(small):
+    class Needs(object):
+        name = "needs_an_hour"
+        min_history_min = 60
+        num_types = None
+
+        def predict(self, history):
+            return history[-1]
+
+    with pytest.raises(ConfigError, match="needs at least 60"):
+        run_policy(make_policy("vllm_static"), small, forecaster=Needs())

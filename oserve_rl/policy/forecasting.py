@@ -2,7 +2,8 @@
 
 ``load_forecaster(spec)``: ``"lstm"`` (the bundled per-type LSTM trained on
 ServeGen by ``python -m oserve_rl forecast train``), ``"ewma"``, ``"last"``,
-``"moving_average"``, or a directory written by ``forecast train``.
+``"moving-average"``, ``"last-value"``, a directory written by ``forecast train``, or
+``"none"`` (no forecaster: policies that plan on forecasts refuse to run).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def load_forecaster(spec: Any) -> Any:
     if spec is None or hasattr(spec, "predict"):
         return spec
     s = str(spec)
+    if s.lower() == "none":
+        return None
     if s == "lstm":
         path = bundled_lstm_dir()
         if not path.exists():

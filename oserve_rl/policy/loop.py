@@ -82,6 +82,17 @@ class ControlLoop:
         self._counts = np.vstack([data.history_counts,
                                   counts_per_minute(trace.arrival_s, data.types, self.J, 0.0, self.end_s + MINUTE_S)])
         self._hist_minutes = len(data.history_counts)
+        if forecaster is not None:
+            need = int(getattr(forecaster, "min_history_min", 0) or 0)
+            have = self._hist_minutes + int(self.end_s // MINUTE_S)
+            if need > have:
+                raise ConfigError(f"the trace window gives {have} whole minutes of arrivals (history included) but the "
+                                  f"predictor {getattr(forecaster, 'name', forecaster)!r} needs at least {need}; "
+                                  "use a longer --duration or a predictor with a shorter history (ewma)")
+            types = getattr(forecaster, "num_types", None)
+            if types is not None and int(types) != self.J:
+                raise ConfigError(f"the predictor forecasts {types} request types but the scenario has {self.J} "
+                                  f"(num_types); retrain it with --types {self.J} or set num_types: {types}")
         self.sim: ClusterSimulator | None = None
         self.now_s = 0.0
         self.step_index = 0
@@ -221,6 +232,9 @@ def run_policy(policy: Policy, data: EpisodeData, *, interval_s: float = 60.0, f
                decision_time_scale: float = 1.0, decision_delay_s: float | None = None, mode: str = "fast",
                switch_costs: SwitchCosts | None = None, progress: Any = None) -> EpisodeResult:
     """Run ``policy`` over the episode ``data``; ``progress`` is an optional tqdm-like bar (``update(1)`` per interval)."""
+    if getattr(policy, "needs_forecaster", False) and forecaster is None:
+        raise ConfigError(f"policy {policy.name!r} plans on forecast arrival rates and needs a trained predictor; "
+                          "pass one (evaluate.py --predictor lstm|ewma|DIR)")
     costs = switch_costs or load_switch_costs()
     if policy.switch_mode is not None:
         costs = costs.model_copy(update={"mode": policy.switch_mode})
