@@ -7,6 +7,7 @@
     simulate         run a trace through a deployment on a cluster
     forecast train   train the per-type LSTM arrival predictor (forecast eval: RRMSE per type)
     bench env        Deploy-v0 environment steps per CPU-second
+    export           a trained checkpoint (SB3, RLlib) to policy.onnx + policy.json, or a heuristic by name
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     from oserve_rl.forecast.cli import add_subparsers as add_forecast
 
     add_forecast(sub)
+    from oserve_rl.export.cli import add_parser as add_export
+
+    add_export(sub)
     bench = sub.add_parser("bench", help="benchmarks (env)", description="Benchmarks that print speed figures.")
     bs = bench.add_subparsers(dest="bench_cmd", required=True)
     try:  # the env needs the [rl] extra (gymnasium)
@@ -117,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             from oserve_rl.forecast.cli import forecast_main
 
             return forecast_main(args)
+        if args.cmd == "export":
+            from oserve_rl.export.cli import main as export_main
+
+            return export_main(args)
         if args.cmd == "bench":
             from oserve_rl.envs.bench import main as bench_main
 
