@@ -1,0 +1,92 @@
+"""train.py with the SB3 backend: a real (tiny) run, its TensorBoard events read back, its checkpoint reused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "env": {"clusters": ["h100x8"], "traces": ["azure-conv"], "episode_s": 300, "num_candidates": 4,
+            "max_replicas": 8, "predictor": "ewma", "validation_windows": [2400]},
+    "algo": "maskable_ppo", "total_steps": 40, "seed": 0, "init_action_bias": {1: 1.0},
+    "hyperparams": {"n_steps": 20, "batch_size": 10, "n_epochs": 1},
+    "eval": {"every_steps": 20, "windows": [{"start_s": 2400, "rate_scale": 1.0}],
+             "heuristics": ["vllm_static", "oserve"]},
+}
+
+
+def _train(tmp_path: Path, cfg: dict, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(path), "--logdir",
+                           str(tmp_path / "runs"), "--run-name", "tiny", *extra],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    r = _train(tmp, TINY)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp / "runs" / "tiny", r
+
+
+def test_run_directory_has_config_checkpoint_and_summary(tiny_run):
+    run, r = tiny_run
+    for f in ("config.yaml", "env_space.json", "model.zip", "best_model.zip", "train_summary.json"):
+        assert (run / f).is_file(), f
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["algo"] == "maskable_ppo" and saved["env"]["clusters"] == ["h100x8"]
+    assert "validation" in r.stdout and "oserve" in r.stdout
+
+
+def test_tensorboard_events_hold_agent_and_heuristics_under_shared_tags(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = tiny_run
+    files = list((run / "tb").rglob("events.out.tfevents.*"))
+    assert files
+    tags: set[str] = set()
+    for f in files:
+        ea = EventAccumulator(str(f))
+        ea.Reload()
+        tags |= set(ea.Tags()["scalars"])
+    for policy in ("agent", "oserve", "vllm_static"):
+        for metric in ("p99_e2e_s", "slo_attainment", "switches", "return"):
+            assert f"eval/{metric}/{policy}" in tags
+    assert "time/steps_per_s" in tags
+    assert any(t.startswith("train/") for t in tags)
+
+
+def test_the_checkpoint_evaluates_on_evaluate_py_episodes(tiny_run, tmp_path):
+    run, _ = tiny_run
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--cluster", "h100x8", "--model", "llama-2-70b",
+                        "--trace", "azure-conv", "--duration", "180", "--predictor", "ewma", "--no-plots",
+                        "--policies", f"oserve,maskable_ppo:{run / 'model.zip'}", "--out", str(tmp_path / "e")],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "maskable_ppo:" in (tmp_path / "e" / "table.md").read_text()
+
+
+def test_a_checkpoint_from_another_space_is_one_clear_error(tiny_run, tmp_path):
+    run, _ = tiny_run
+    other = dict(yaml.safe_load((run / "config.yaml").read_text()))
+    other["env"] = {**other["env"], "num_candidates": 6}
+    from oserve_rl.envs.checkpoints import check_compatible
+    from oserve_rl.envs.config import make_config
+    from oserve_rl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="num_candidates"):
+        check_compatible(run / "model.zip", make_config(other["env"]))
+
+
+def test_bad_config_key_is_one_clear_error(tmp_path):
+    r = _train(tmp_path, {**TINY, "total_step": 10})
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "total_steps" in r.stderr
+    assert "Traceback" not in r.stderr
