@@ -119,3 +119,46 @@ def test_make_router_factory():
         make_router("weighted")
     with pytest.raises(ConfigError, match=r"'round_robin' takes no arguments; got \['rates'\]"):
         make_router("round_robin", rates=[[1.0]])
+
+
+@dataclass
+class EstView(View):
+    rate_tok_s: float = 0.0
+    kv_capacity_blocks: int = 100
+    kv_used_blocks: int = 0
+    queued_tokens: int = 0
+    block_size: int = 16
+
+    def estimated_outstanding_tokens(self, t_s: float) -> float:
+        return max(0.0, self.outstanding_tokens - self.rate_tok_s * t_s)
+
+
+def test_weighted_least_work_keeps_types_on_their_replicas_and_balances_by_weight():
+    r = make_router("weighted_least_work", rates=[[1.0, 0.0, 0.0], [0.0, 1.0, 2.0]], estimate_load=False)
+    reps = [EstView(outstanding_tokens=900), EstView(outstanding_tokens=300), EstView(outstanding_tokens=500)]
+    assert r.choose(0, 0, 10, reps) == 0            # type 0 may only use replica 0, however loaded
+    assert r.choose(1, 1, 10, reps) == 2            # 500 / 2 < 300 / 1: the replica meant for twice the rate
+    reps[2].accepting = False
+    assert r.choose(2, 1, 10, reps) == 1
+    assert r.load_subset(1) == [1, 2] and r.load_subset(0) == [0]
+
+
+def test_weighted_least_work_with_estimates_reads_the_extrapolated_load():
+    r = make_router("weighted_least_work", rates=[[1.0, 1.0]])
+    reps = [EstView(outstanding_tokens=1000, rate_tok_s=100.0), EstView(outstanding_tokens=600)]
+    r.now_s = 0.0
+    assert r.choose(0, 0, 10, reps) == 1
+    r.now_s = 5.0                                   # replica 0 has worked off 500 tokens since
+    assert r.choose(1, 0, 10, reps) == 0
+    with pytest.raises(ConfigError, match="estimate_load"):
+        make_router("weighted_least_work", rates=[[1.0]], bogus=True)
+
+
+def test_llumnix_router_prefers_freeness():
+    r = make_router("llumnix")
+    reps = [EstView(kv_used_blocks=90, num_running=3), EstView(kv_used_blocks=10, num_running=3, queued_tokens=640),
+            EstView(kv_used_blocks=50, num_running=0)]
+    # free tokens per running+1: (160)/4=40, (1440-640)/4=200, (800)/1=800
+    assert r.choose(0, 0, 10, reps) == 2
+    reps[2].accepting = False
+    assert r.choose(1, 0, 10, reps) == 1

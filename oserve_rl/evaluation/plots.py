@@ -20,6 +20,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(table: Any, out: Path) -> list[Path]:
     return [latency_cdfs(table, out / "latency_cdf.png"), p99_over_time(table, out / "p99_over_time.png"),
             deployment_timeline(table, out / "deployment_timeline.png")]
@@ -42,10 +49,7 @@ def latency_cdfs(table: Any, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     trace = getattr(table.scenario.trace, "name", table.scenario.trace)
     fig.suptitle(f"{table.scenario.model} on {table.scenario.cluster}, {trace} (seed {table.seeds[0]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def p99_over_time(table: Any, path: Path) -> Path:
@@ -64,10 +68,7 @@ def p99_over_time(table: Any, path: Path) -> Path:
     ax.set_ylabel("p99 E2E of requests finishing in the interval (s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def deployment_timeline(table: Any, path: Path) -> Path:
@@ -89,7 +90,4 @@ def deployment_timeline(table: Any, path: Path) -> Path:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("time (min)")
     ax.set_title("deployment over time (one colour per deployment)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

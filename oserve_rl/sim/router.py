@@ -127,7 +127,7 @@ class WeightedTypeRouter(Router):
     def reset(self) -> None:
         self._credit = [[0.0] * self.rates.shape[1] for _ in range(self.rates.shape[0])]
 
-    def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
+    def _check(self, req_id: int, req_type: int, replicas: Sequence[ReplicaView]) -> None:
         n_types, n_rep = self.rates.shape
         if len(replicas) != n_rep:
             raise ConfigError(
@@ -136,6 +136,9 @@ class WeightedTypeRouter(Router):
             )
         if not 0 <= req_type < n_types:
             raise ConfigError(f"weighted router: request {req_id} has type {req_type}; rates cover types 0..{n_types - 1}")
+
+    def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
+        self._check(req_id, req_type, replicas)
         row, credit = self._rows[req_type], self._credit[req_type]
         total, best, best_credit = 0.0, -1, 0.0
         for k, w in enumerate(row):
@@ -186,14 +189,7 @@ class WeightedLeastWorkRouter(WeightedTypeRouter):
         return None
 
     def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
-        n_types, n_rep = self.rates.shape
-        if len(replicas) != n_rep:
-            raise ConfigError(
-                f"weighted router: rates matrix has {n_rep} replica columns but {len(replicas)} replicas were given; "
-                "call set_rates with the new deployment's matrix after a switch"
-            )
-        if not 0 <= req_type < n_types:
-            raise ConfigError(f"weighted router: request {req_id} has type {req_type}; rates cover types 0..{n_types - 1}")
+        self._check(req_id, req_type, replicas)
         inv = self._inv[req_type]
         best, best_score = None, 0.0
         est, now = self.estimate_load, self.now_s
