@@ -35,6 +35,7 @@ exhaustive one (small clusters only).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,18 @@ from oserve_rl.sched import (
     flow_guided_search,
     solve_dispatch,
 )
+
+
+@lru_cache(maxsize=64)
+def _tables(model, cluster, configs, type_lengths, engine, bound):
+    """Throughput table, standalone latencies [config, type] and homogeneous deployments (cached: the env
+    resets OServe every episode on the same cluster, model and types)."""
+    profiles = [TypeProfile(j, float(max(1.0, a)), float(max(1.0, b))) for j, (a, b) in enumerate(type_lengths)]
+    table = ThroughputTable(model, configs, profiles, engine, tpot_bound_s=bound)
+    lat = np.array([[c.perf().standalone_latency_s(int(p.input_tokens), int(p.output_tokens), engine)
+                     for p in profiles] for c in table.configs])
+    lat.setflags(write=False)
+    return table, lat, enumerate_deployments(model, cluster, homogeneous=True, engine=engine)
 
 
 class OServe(Policy):
@@ -79,12 +92,9 @@ class OServe(Policy):
         configs = enumerate_replica_configs(ctx.model, ctx.cluster, ctx.engine)
         if not configs:
             raise ConfigError(f"{self.name}: no replica config of {ctx.model} fits cluster {ctx.cluster.name}")
-        profiles = [TypeProfile(j, float(max(1.0, a)), float(max(1.0, b))) for j, (a, b) in enumerate(ctx.type_lengths)]
-        self.table = ThroughputTable(ctx.model, configs, profiles, ctx.engine, tpot_bound_s=bound)
-        # Standalone latency of each type on each config: the base of the latency proxy.
-        self._lat = np.array([[c.perf().standalone_latency_s(int(p.input_tokens), int(p.output_tokens), ctx.engine)
-                               for p in profiles] for c in self.table.configs])
-        self.homogeneous = enumerate_deployments(ctx.model, ctx.cluster, homogeneous=True, engine=ctx.engine)
+        self.table, self._lat, self.homogeneous = _tables(ctx.model, ctx.cluster, tuple(configs),
+                                                          tuple(map(tuple, np.asarray(ctx.type_lengths, float))),
+                                                          ctx.engine, bound)
         self._memo: dict[tuple, Any] = {}
         self._memo_lam: np.ndarray | None = None
         self.last_switch_s = -math.inf

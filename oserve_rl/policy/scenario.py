@@ -73,7 +73,8 @@ class Scenario:
         full = load_trace(self.trace, seed=seed) if isinstance(self.trace, str) else self.trace
         if len(full) == 0:
             raise ConfigError(f"scenario: trace {self.trace!r} has no requests")
-        full = full.rebase().scale_load(self.rate_scale, seed=seed)
+        base = full.rebase()
+        full = base.scale_load(self.rate_scale, seed=seed)
         span = float(full.arrival_s[-1])
         dur = self.duration_s if self.duration_s is not None else span + 1e-9
         if self.start_s == "random":
@@ -86,9 +87,11 @@ class Scenario:
         window = full.slice(start, start + dur, rebase=True)
         if len(window) == 0:
             raise ConfigError(f"scenario: trace {self.trace!r} has no arrivals in [{start:g}, {start + dur:g}) s")
-        head = full.slice(0.0, max(self.typing_window_s, 1.0))
+        # Types are a property of the trace, not of the load multiplier: fit them on the unscaled head, so
+        # every rate scale of one trace shares types, lengths and (in the env) candidate deployments.
+        head = base.slice(0.0, max(self.typing_window_s, 1.0))
         if len(head) < 10 * self.num_types:
-            head = full.head(max(10 * self.num_types, len(head)))
+            head = base.head(max(10 * self.num_types, len(head)))
         typer = RequestTyper.fit(head, k=int(self.num_types), seed=seed if self.typer_seed is None else self.typer_seed)
         head_types = typer.predict(head)
         lengths = np.zeros((typer.k, 2))
@@ -99,7 +102,7 @@ class Scenario:
             else:  # a type k-means created but the head never used: its centre stands in
                 lengths[j] = typer.centers_tokens[j]
         head_span = max(float(head.arrival_s[-1] - head.arrival_s[0]), 1.0)
-        prior_rps = np.bincount(head_types, minlength=typer.k).astype(float) / head_span
+        prior_rps = np.bincount(head_types, minlength=typer.k).astype(float) / head_span * self.rate_scale
         history = full.slice(0.0, start) if start > 0 else None
         hist_counts = (counts_per_minute(history.arrival_s, typer.predict(history), typer.k, 0.0, start)
                        if history is not None and len(history) else np.zeros((0, typer.k)))
