@@ -263,57 +263,11 @@ class DeployEnv(gym.Env):
 
     # ---------------------------------------------------------------- observation
     def _obs(self) -> dict[str, np.ndarray]:
-        st, loop, J = self._state, self.loop, self.J
-        keys = self.cfg.obs_keys
-        out: dict[str, np.ndarray] = {}
-        cur = st.deployment
-        mask = np.zeros(self.num_actions, dtype=np.float32)
-        mask[KEEP] = mask[OSERVE] = 1.0
-        for k, d in enumerate(self.candidates):
-            mask[2 + k] = 0.0 if (cur is not None and _same_shape(d, cur)) else 1.0
-        self._mask = mask
-        if "rate_history" in keys:
-            h = st.type_counts_per_min[-self.H:] / 60.0
-            pad = np.zeros((self.H, J))
-            if len(h):
-                pad[-len(h):] = h
-            out["rate_history"] = np.log1p(pad)
-        if "forecast" in keys:
-            out["forecast"] = np.log1p(st.forecast_rps)
-        if "lengths" in keys:
-            ln = np.where(np.isnan(st.recent_lengths), loop.data.type_lengths, st.recent_lengths)
-            out["lengths"] = np.log(np.maximum(ln, 1.0))
-        if "deployment" in keys:
-            out["deployment"] = _dep_features(cur, self.num_gpus, self.R)
-        if "replicas" in keys:
-            rep = np.zeros((self.R, REP_FEATURES))
-            for i, r in enumerate(st.replicas[: self.R]):
-                rep[i] = (1.0, float(r.ready), math.log2(r.config.tp) / 3, math.log2(r.config.pp) / 2,
-                          math.log1p(r.num_waiting), math.log1p(r.num_running), r.kv_utilization,
-                          0.0 if math.isnan(r.p99_e2e_s) else math.log1p(r.p99_e2e_s))
-            out["replicas"] = rep
-        if "switch" in keys:
-            out["switch"] = np.array([float(st.switch_in_progress), st.switch_time_left_s / self.cfg.interval_s])
-        if "time" in keys:
-            start = loop.data.scenario.start_s if isinstance(loop.data.scenario.start_s, (int, float)) else 0.0
-            tod = 2 * math.pi * ((start + st.now_s) % 86400.0) / 86400.0
-            out["time"] = np.array([st.now_s / max(loop.end_s, 1.0), math.sin(tod), math.cos(tod)])
-        if "candidates" in keys:
-            cand = np.zeros((self.num_actions, N_ACTION_FEATURES + J))
-            lam = np.maximum(st.forecast_rps, 1e-3)
-            cand[KEEP, :2] = 1.0, 1.0
-            if cur is not None:
-                cand[KEEP, 2:4] = cur.num_gpus / self.num_gpus, len(cur) / self.R
-                cand[KEEP, 4:] = np.log1p(self.oserve.table.for_deployment(cur).sum(axis=0) / lam)
-            cand[OSERVE, 0] = 1.0
-            for k, d in enumerate(self.candidates):
-                row = cand[2 + k]
-                row[0], row[1] = mask[2 + k], 0.0 if mask[2 + k] else 1.0
-                row[2], row[3] = d.num_gpus / self.num_gpus, len(d) / self.R
-                row[4:] = np.log1p(self._cand_capacity[k] / lam)
-            out["candidates"] = cand
-        out["action_mask"] = mask
-        return {k: np.asarray(out[k], dtype=np.float32).ravel() for k in keys}
+        # One builder for the env and the live controller (oserve_rl.envs.observation): they cannot drift.
+        from oserve_rl.envs.observation import ObsContext, build_observation
+
+        obs, self._mask = build_observation(self._state, ObsContext.from_env(self))
+        return obs
 
 
 def _same_shape(a: Deployment, b: Deployment) -> bool:

@@ -8,6 +8,7 @@
     forecast train   train the per-type LSTM arrival predictor (forecast eval: RRMSE per type)
     bench env        Deploy-v0 environment steps per CPU-second
     export           a trained checkpoint (SB3, RLlib) to policy.onnx + policy.json, or a heuristic by name
+    live run         drive a real vLLM cluster with an exported policy (live compare: simulator vs live)
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_forecast(sub)
     from oserve_rl.export.cli import add_parser as add_export
+    from oserve_rl.live.cli import add_parser as add_live
+
+    add_live(sub)
 
     add_export(sub)
     bench = sub.add_parser("bench", help="benchmarks (env)", description="Benchmarks that print speed figures.")
@@ -121,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from oserve_rl.forecast.cli import forecast_main
 
             return forecast_main(args)
+        if args.cmd == "live":
+            from oserve_rl.live.cli import main as live_main
+
+            return live_main(args)
         if args.cmd == "export":
             from oserve_rl.export.cli import main as export_main
 
