@@ -19,10 +19,14 @@ Where the paper is silent: the load scale cannot rank deployments once all of
 them serve the forecast with room to spare, and there the throughput-optimal
 one (many small replicas) is the slow one. So among the searched deployment,
 every homogeneous one and the running one, those with alpha >= min(headroom,
-best alpha) (``headroom`` = 1.2: 20 % spare capacity) are ranked by a latency
+best alpha) (``headroom`` = 1.2: 20 % spare capacity, checked against the larger of the
+forecast and the peak minute of the last ``peak_window_min`` = 10 minutes, so a lull
+in a bursty trace does not trade capacity away) are ranked by a latency
 proxy, the slowest type's mean predicted latency, standalone latency on the
 replica it is routed to inflated by 1 / (1 - utilisation) (``latency_aware``;
-set it False for the pure load-scale objective).
+set it False for the pure load-scale objective). A switch that only buys latency
+is made only while the running deployment is at most ``latency_switch_max_util``
+(50 %) busy: under load the backlog a switch builds costs more than it buys.
 
 Throughput profiles n(config, type) come from the performance model under the
 TPOT SLO (``oserve_rl.sched.ThroughputTable``, ``tpot_bound_s``): a config
@@ -70,7 +74,14 @@ class OServe(Policy):
 
     def __init__(self, hysteresis: float = 0.05, amortise_s: float = 600.0, patience: int = 20,
                  tpot_bound: str | float | None = "slo", min_switch_interval_s: float = 0.0, seed: int = 0,
-                 latency_aware: bool = True, headroom: float = 1.2):
+                 latency_aware: bool = True, headroom: float = 1.2, peak_window_min: int = 10,
+                 latency_switch_max_util: float = 0.5):
+        if not 0 < latency_switch_max_util <= 1:
+            raise ConfigError(f"{self.name}: latency_switch_max_util must be in (0, 1], got {latency_switch_max_util!r}")
+        self.latency_switch_max_util = float(latency_switch_max_util)
+        if int(peak_window_min) != peak_window_min or peak_window_min < 0:
+            raise ConfigError(f"{self.name}: peak_window_min must be an integer >= 0, got {peak_window_min!r}")
+        self.peak_window_min = int(peak_window_min)
         if not headroom >= 1.0:
             raise ConfigError(f"{self.name}: headroom must be >= 1 (a load-scale target), got {headroom!r}")
         self.latency_aware, self.headroom = bool(latency_aware), float(headroom)
@@ -98,6 +109,7 @@ class OServe(Policy):
         self._memo: dict[tuple, Any] = {}
         self._memo_lam: np.ndarray | None = None
         self.last_switch_s = -math.inf
+        self._prior: np.ndarray | None = None
 
     def rates(self, state: ClusterState) -> np.ndarray:
         return np.asarray(state.forecast_rps, dtype=float)
@@ -153,32 +165,48 @@ class OServe(Policy):
         per_type = np.where(served > 0, (x * lat).sum(axis=0) / np.maximum(served, 1e-12), 0.0)
         return float(per_type[lam > 1e-6].max()) if (lam > 1e-6).any() else 0.0
 
-    def objective(self, dep: Deployment, lam: np.ndarray) -> tuple[float, float]:
-        """(capped load scale, -latency proxy): larger is better, compared in that order."""
-        a = self.alpha(dep, lam)
+    def objective(self, dep: Deployment, lam: np.ndarray, lam_cap: np.ndarray | None = None) -> tuple[float, float]:
+        """(capped load scale at ``lam_cap``, -latency proxy at ``lam``): larger is better, in that order."""
+        a = self.alpha(dep, lam if lam_cap is None else lam_cap)
         if not self.latency_aware:
             return a, 0.0
         return min(a, self.headroom), -self.latency_s(dep, lam)
+
+    def capacity_rates(self, state: ClusterState, lam: np.ndarray) -> np.ndarray:
+        """Rates the headroom must cover: the forecast, or the peak minute of the last ``peak_window_min``.
+
+        A next-minute forecast taken in a lull (Azure code idles for minutes between bursts) would trade
+        capacity for latency right before the next burst; the recent peak keeps the capacity.
+        """
+        recent = state.type_counts_per_min[-self.peak_window_min:] if self.peak_window_min else np.zeros((0,))
+        if not len(recent):
+            return lam
+        peak = np.maximum(lam, recent.max(axis=0) / 60.0)
+        if len(recent) < self.peak_window_min and self._prior is not None:
+            peak = np.maximum(peak, self._prior)  # the window is not full yet: the first forecast stands in
+        return peak
 
     # ------------------------------------------------------------------ decide
     def plan(self, state: ClusterState) -> tuple[Deployment, dict[str, Any]]:
         """OServe's target for this state (before the switch-or-not rule)."""
         lam = self.rates(state)
-        res = self.search(lam, state.deployment)
+        lam_cap = self.capacity_rates(state, lam)
+        res = self.search(lam_cap, state.deployment)
         best = res.deployment
         if self.latency_aware:
             pool = [best, *self.homogeneous]
             if state.deployment is not None:
                 pool.append(state.deployment)
             cap = min(self.headroom, float(res.objective))
-            ok = [d for d in pool if self.alpha(d, lam) >= cap * (1 - 1e-6)] or [best]
+            ok = [d for d in pool if self.alpha(d, lam_cap) >= cap * (1 - 1e-6)] or [best]
             best = min(ok, key=lambda d: self.latency_s(d, lam))
         target = place_near(best.configs, state.deployment, self.ctx.cluster, self.ctx.model)
-        return target, {"alpha": self.alpha(target, lam), "latency_proxy_s": self.latency_s(target, lam)}
+        return target, {"alpha": self.alpha(target, lam_cap), "latency_proxy_s": self.latency_s(target, lam)}
 
     def decide(self, state: ClusterState) -> Decision:
         lam = self.rates(state)
         if state.deployment is None:
+            self._prior = np.array(lam, dtype=float)
             if lam.sum() <= 0:
                 lam = np.ones(state.num_types) * 1e-3  # nothing forecast yet: a balanced mix
             target, info = self.plan(state)
@@ -187,20 +215,27 @@ class OServe(Policy):
         if lam.sum() <= 0:
             return Decision()
         target, info = self.plan(state)
-        gain = self.gain(cur, target, lam)
+        gain = self.gain(cur, target, lam, self.capacity_rates(state, lam))
         downtime = estimate_switch_downtime_s(cur, target, self.ctx.switch_costs) if target != cur else 0.0
         info.update(gain=gain, est_downtime_s=downtime)
         wait = state.now_s - self.last_switch_s < self.min_switch_interval_s
-        if target != cur and not state.switch_in_progress and not wait and \
+        lam_cap = self.capacity_rates(state, lam)
+        # A switch that only buys latency (both deployments keep the headroom) empties replicas for its
+        # downtime; under load the backlog it builds costs more than the latency it buys (Azure code at 60 %
+        # load: 80 s -> 525 s p99 with latency switches). So those need a light load: alpha >= 1/max_util.
+        latency_only = self.alpha(target, lam_cap) <= self.alpha(cur, lam_cap) * (1 + 1e-6)
+        too_busy = latency_only and self.alpha(cur, lam_cap) < 1.0 / self.latency_switch_max_util
+        info.update(latency_only=latency_only)
+        if target != cur and not state.switch_in_progress and not wait and not too_busy and \
                 gain > self.hysteresis + downtime / self.amortise_s:
             self.last_switch_s = state.now_s
             return Decision(target, self.weights(target, lam), info=info)
         return Decision(None, self.weights(cur, lam), info=info)
 
-    def gain(self, cur: Deployment, target: Deployment, lam: np.ndarray) -> float:
+    def gain(self, cur: Deployment, target: Deployment, lam: np.ndarray, lam_cap: np.ndarray | None = None) -> float:
         """Relative predicted improvement of ``target`` over ``cur``: in load scale while below the headroom
         target, else in the latency proxy."""
-        (a_cur, l_cur), (a_new, l_new) = self.objective(cur, lam), self.objective(target, lam)
+        (a_cur, l_cur), (a_new, l_new) = self.objective(cur, lam, lam_cap), self.objective(target, lam, lam_cap)
         if a_new > a_cur * (1 + 1e-6):
             return a_new / max(a_cur, 1e-12) - 1.0
         if a_new < a_cur * (1 - 1e-6):
@@ -209,6 +244,7 @@ class OServe(Policy):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "latency_aware": self.latency_aware, "headroom": self.headroom,
+                "peak_window_min": self.peak_window_min, "latency_switch_max_util": self.latency_switch_max_util,
                 "hysteresis": self.hysteresis, "amortise_s": self.amortise_s,
                 "patience": self.patience, "tpot_bound": self.tpot_bound,
                 "min_switch_interval_s": self.min_switch_interval_s, "seed": self.seed}
