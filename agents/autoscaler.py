@@ -12,7 +12,8 @@ mean queue length per replica and mean KV-cache utilisation.
 - between ``min_replicas`` and as many as the cluster holds.
 
 New replicas cold-start from disk (``switch_mode = "reload"``): that is how
-these autoscalers add pods. Starts at ``initial_fraction`` of the maximum.
+these autoscalers add pods. Starts at ``initial_fraction`` of the maximum
+(default all of it: on a fixed GPU pool, scaling down when idle is what saves).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class ThresholdAutoscaler(Policy):
 
     def __init__(self, config: str | None = None, queue_high: float = 4.0, queue_low: float = 0.5,
                  kv_high: float = 0.85, kv_low: float = 0.4, up_cooldown_s: float = 60.0,
-                 down_cooldown_s: float = 300.0, step: int = 1, min_replicas: int = 1, initial_fraction: float = 0.5):
+                 down_cooldown_s: float = 300.0, step: int = 1, min_replicas: int = 1, initial_fraction: float = 1.0):
         if not (0 <= kv_low < kv_high <= 1):
             raise ConfigError(f"threshold_autoscaler: need 0 <= kv_low < kv_high <= 1, got {kv_low}, {kv_high}")
         if not (0 <= queue_low < queue_high):
@@ -57,7 +58,8 @@ class ThresholdAutoscaler(Policy):
                                   f"valid: {sorted({c.label(True) for c in cfgs})}")
             self.cfg: ReplicaConfig = match[0]
         else:
-            self.cfg = cfgs[0]  # fastest GPU type, fewest GPUs
+            # fastest GPU type, fewest GPUs, tensor parallelism only (what a serving team deploys: TP2 for 70B on H100)
+            self.cfg = min(cfgs, key=lambda c: (c.pp > 1, cfgs.index(c)))
         have = ctx.cluster.gpus_by_type()[self.cfg.gpu]
         self.max_replicas = max(self.min_replicas, have // self.cfg.num_gpus)
         self.count = max(self.min_replicas, round(self.max_replicas * self.initial_fraction))

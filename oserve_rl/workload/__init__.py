@@ -21,8 +21,10 @@ from oserve_rl.workload.loaders import (
 from oserve_rl.workload.servegen import servegen_models, servegen_trace
 from oserve_rl.workload.trace import LONG_INPUT_TOKENS, LONG_OUTPUT_TOKENS, Trace, assign_prefix_groups
 from oserve_rl.workload.typing import RequestTyper
+from oserve_rl.workload.mixes import mix_trace, shares_with_cv, shift_trace, skew_trace  # noqa: E402  (needs the above)
 
 __all__ = [
+    "mix_trace", "shares_with_cv", "shift_trace", "skew_trace",
     "LONG_INPUT_TOKENS",
     "LONG_OUTPUT_TOKENS",
     "TRACE_NAMES",
