@@ -108,6 +108,7 @@ class OServe(Policy):
                                                           ctx.engine, bound)
         self._memo: dict[tuple, Any] = {}
         self._memo_lam: np.ndarray | None = None
+        self._servable = (self.table.n > 0).any(axis=0)
         self.last_switch_s = -math.inf
         self._prior: np.ndarray | None = None
 
@@ -138,7 +139,9 @@ class OServe(Policy):
 
     def _dispatch(self, dep: Deployment, lam: np.ndarray):
         """solve_dispatch memoised per replica multiset for the current rates (a decision asks many times)."""
-        lam = np.maximum(np.asarray(lam, dtype=float), 1e-9)
+        # Types no config can serve (prompts beyond the context: rejected whatever runs) would make every
+        # deployment's load scale 0; they are left out, as the search does (SearchResult.unservable_types).
+        lam = np.where(self._servable, np.maximum(np.asarray(lam, dtype=float), 1e-9), 0.0)
         if self._memo_lam is None or not np.array_equal(lam, self._memo_lam):
             self._memo, self._memo_lam = {}, lam
         key = tuple(sorted(dep.configs, key=repr))
