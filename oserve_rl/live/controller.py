@@ -66,8 +66,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from oserve_rl.errors import CheckpointError, ConfigError, OServeError, UnknownNameError
-from oserve_rl.live.backend import LiveClusterConfig, LiveClusterError, ReplicaSpec, http_get, load_live_config
-from oserve_rl.live.metrics import ReplicaMetrics, parse_metrics
+from oserve_rl.live.backend import LiveClusterConfig, LiveClusterError, ReplicaSpec, load_live_config
+from oserve_rl.live.metrics import ReplicaMetrics, fetch_text, parse_metrics
 # The observation is the env's own builder (the env needs gymnasium: the [rl] extra).
 from oserve_rl.envs.observation import ObsContext, build_observation
 
@@ -533,14 +533,7 @@ def e2e_buckets(text: str) -> dict[float, float]:
 
 def read_replica(url: str, timeout_s: float = 2.0) -> ReplicaReading:
     """Scrape ``<url>/metrics`` once (:func:`parse_metrics` + E2E buckets); :class:`LiveClusterError` naming the URL."""
-    target = url.rstrip("/") + "/metrics"
-    try:
-        status, body = http_get(target, timeout_s)
-    except OSError as e:
-        raise LiveClusterError(f"cannot scrape {target}: {e}") from None
-    if status != 200:
-        raise LiveClusterError(f"cannot scrape {target}: HTTP {status}")
-    text = body.decode(errors="replace")
+    text = fetch_text(url.rstrip("/") + "/metrics", timeout_s)
     return ReplicaReading(parse_metrics(text), e2e_buckets(text))
 
 

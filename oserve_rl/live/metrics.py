@@ -116,34 +116,32 @@ def parse_metrics(text: str) -> ReplicaMetrics:
     )
 
 
-def scrape(url: str, timeout_s: float = 2.0) -> ReplicaMetrics:
-    """GET ``<url>/metrics`` of a replica (base URL, e.g. ``http://127.0.0.1:8011``) and parse it.
-
-    Raises :class:`LiveClusterError` naming the URL when nothing answers or the status is not 200.
-    """
-    target = url.rstrip("/") + "/metrics"
+def fetch_text(target: str, timeout_s: float = 2.0) -> str:
+    """GET ``target`` (a full URL); :class:`LiveClusterError` naming it when nothing answers or not 200."""
     try:
         status, body = http_get(target, timeout_s)
     except OSError as e:
         raise LiveClusterError(f"cannot scrape {target}: {e}") from None
     if status != 200:
         raise LiveClusterError(f"cannot scrape {target}: HTTP {status}")
-    return parse_metrics(body.decode(errors="replace"))
+    return body.decode(errors="replace")
+
+
+def scrape(url: str, timeout_s: float = 2.0) -> ReplicaMetrics:
+    """GET ``<url>/metrics`` of a replica (base URL, e.g. ``http://127.0.0.1:8011``) and parse it.
+
+    Raises :class:`LiveClusterError` naming the URL when nothing answers or the status is not 200.
+    """
+    return parse_metrics(fetch_text(url.rstrip("/") + "/metrics", timeout_s))
 
 
 def scrape_samples(url: str, timeout_s: float = 2.0) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Raw samples of any Prometheus endpoint (e.g. the router's): name -> {sorted labels: value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    target = url.rstrip("/")
-    try:
-        status, body = http_get(target, timeout_s)
-    except OSError as e:
-        raise LiveClusterError(f"cannot scrape {target}: {e}") from None
-    if status != 200:
-        raise LiveClusterError(f"cannot scrape {target}: HTTP {status}")
+    text = fetch_text(url.rstrip("/"), timeout_s)
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
-    for family in text_string_to_metric_families(body.decode(errors="replace")):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[s.name][tuple(sorted(s.labels.items()))] = float(s.value)
     return dict(out)
