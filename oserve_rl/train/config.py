@@ -115,4 +115,6 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
         cfg.env_config()
     except ConfigError as e:
         raise ConfigError(f"{where}: env: {e}") from None
+    if cfg.backend == "rllib" and cfg.init_action_bias:
+        raise ConfigError(f"{where}: init_action_bias is supported by the sb3 backend only; remove it for --backend rllib")
     return cfg
