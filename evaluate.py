@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 CONFIG_KEYS = {"cluster", "model", "trace", "rate_scale", "duration", "start", "policies", "seeds", "out", "json",
                "interval", "decision_time_scale", "decision_delay", "predictor", "mode", "num_types", "slo_ttft",
@@ -69,12 +68,10 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg: dict[str, Any] = {}
     if args.config:
+        from oserve_rl.yamlio import read_yaml_mapping
+
         path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file")
-        cfg = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(cfg, dict):
-            raise ConfigError(f"{path}: expected a mapping of options, got {type(cfg).__name__}")
+        cfg = read_yaml_mapping(path, "a mapping of options", hint=" (evaluation configs live in configs/eval/)")
         cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
         unknown = set(cfg) - CONFIG_KEYS
         if unknown:

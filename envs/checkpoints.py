@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from oserve_rl.envs.config import DeployEnvConfig, make_config
 from oserve_rl.errors import CheckpointError, UnknownNameError
+from oserve_rl.yamlio import read_yaml_mapping
 
 KINDS = ("ppo", "maskable_ppo", "dqn", "a2c", "rllib")
 
@@ -37,8 +37,7 @@ def saved_env_config(path: str | Path) -> DeployEnvConfig:
     for cand in (run, run.parent, run.parent.parent):
         cfg_path = cand / "config.yaml"
         if cfg_path.is_file():
-            data = yaml.safe_load(cfg_path.read_text()) or {}
-            return make_config(data.get("env", {}))
+            return make_config(read_yaml_mapping(cfg_path).get("env", {}))
     raise CheckpointError(f"no config.yaml beside checkpoint {p}: cannot tell which env it was trained on "
                           "(train.py writes one into every run directory)")
 
@@ -73,10 +72,9 @@ class CheckpointPolicy:
         return {"name": self.name, "kind": self.kind, "path": str(self.path)}
 
     def run_episode(self, data: Any, **_: Any):
-        from oserve_rl.envs.deploy import DeployEnv
-        from oserve_rl.policy import EpisodeResult
-
         import time
+
+        from oserve_rl.envs.deploy import DeployEnv
 
         env = DeployEnv(self.env_cfg)
         obs, _ = env.reset(seed=0, options={"episode": data})

@@ -13,8 +13,7 @@ Actions, ``Discrete(K + 2)``:
 - ``2 .. K+1`` switch to candidate ``k`` (placed so unchanged replicas keep
   their GPUs). Candidates are computed once per (cluster, model, trace):
   every homogeneous deployment plus OServe's search results for demand mixes
-  around the trace's mean (each type up-weighted, three load levels), the best
-  ``K`` by load scale. Unused slots and the current deployment are masked.
+  (uniform, and each type up-weighted), the best ``K`` by load scale. Unused slots and the current deployment are masked.
 
 Requests are dispatched with the LP weights of the chosen deployment for the
 forecast (OServe's lower level), for agents and heuristics alike. The first
@@ -51,7 +50,7 @@ import numpy as np
 from gymnasium import spaces
 
 from oserve_rl.catalog import get_cluster, get_gpu, get_model
-from oserve_rl.cluster import Deployment, enumerate_deployments, parse_deployment
+from oserve_rl.cluster import Deployment, parse_deployment
 from oserve_rl.envs.config import DeployEnvConfig, make_config
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, ControlLoop, Decision, Scenario, place_near
@@ -299,9 +298,10 @@ def _trace_span_s(trace: str) -> float:
 def _candidates(cluster: str, model: str, type_lengths: tuple[tuple[float, float], ...], k: int,
                 tpot_bound_s: float | None) -> list[Deployment]:
     """K candidate deployments: all homogeneous ones plus OServe's picks for demand mixes (see module doc)."""
+    from oserve_rl.agents.oserve import _tables
     from oserve_rl.cluster import enumerate_replica_configs
     from oserve_rl.perf import EngineConfig
-    from oserve_rl.sched import ThroughputTable, TypeProfile, flow_guided_search, solve_dispatch
+    from oserve_rl.sched import flow_guided_search, solve_dispatch
 
     spec, model = get_cluster(cluster), get_model(model).name
     engine = EngineConfig()
@@ -309,20 +309,17 @@ def _candidates(cluster: str, model: str, type_lengths: tuple[tuple[float, float
     if not configs:
         raise ConfigError(f"no replica config of {model} fits cluster {cluster}")
     J = len(type_lengths)
-    table = ThroughputTable(model, configs, [TypeProfile(j, max(1.0, a), max(1.0, b))
-                                             for j, (a, b) in enumerate(type_lengths)], engine, tpot_bound_s)
+    # The same (cached) throughput table and homogeneous deployments OServe plans with.
+    table, _, homogeneous = _tables(model, spec, tuple(configs), type_lengths, engine, tpot_bound_s)
     pool: dict[str, Deployment] = {}
-    for d in enumerate_deployments(model, spec, homogeneous=True, engine=engine):
+    for d in homogeneous:
         pool.setdefault(d.spec_string(), d)
-    # Demand mixes: uniform, and each type doubled; at three load levels relative to the best homogeneous capacity.
-    homo_cap = max(float(table.for_deployment(d).sum(axis=0).min()) for d in pool.values()) if pool else 1.0
-    mixes = [np.ones(J)] + [np.where(np.arange(J) == j, 3.0, 1.0) for j in range(J)]
-    for level in (0.5, 0.9, 1.3):
-        for m in mixes:
-            lam = m / m.sum() * homo_cap * level * J / 2
-            res = flow_guided_search(model, spec, lam, table, engine=engine, seed=0)
-            pool.setdefault(res.deployment.spec_string(), res.deployment)
-    lam_ref = np.ones(J) / J * homo_cap
+    # Demand mixes: uniform, and each type tripled. The load level does not matter: scaling every rate
+    # divides every deployment's load scale alike, so the search's pick depends on the mix only.
+    for m in [np.ones(J)] + [np.where(np.arange(J) == j, 3.0, 1.0) for j in range(J)]:
+        res = flow_guided_search(model, spec, m / m.sum(), table, engine=engine, seed=0)
+        pool.setdefault(res.deployment.spec_string(), res.deployment)
+    lam_ref = np.ones(J) / J
     ranked = sorted(pool.values(), key=lambda d: (-solve_dispatch(table.for_deployment(d), lam_ref).alpha,
                                                  d.spec_string()))
     return ranked[:k]

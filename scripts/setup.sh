@@ -17,3 +17,9 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.oserve-setup-*
   touch "$stamp"
 fi
+# The bundled forecaster is trained here, not committed: deterministic (seeded), about a minute.
+if [ ! -f oserve_rl/forecast/data/lstm/weights.pt ]; then
+  echo "training the bundled per-type LSTM forecaster (about a minute)" >&2
+  .venv/bin/python -m oserve_rl forecast train --source servegen:m-large --days 0-6 \
+    --out oserve_rl/forecast/data/lstm >/dev/null
+fi

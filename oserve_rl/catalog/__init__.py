@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from oserve_rl.errors import ConfigError, UnknownNameError
@@ -185,13 +184,9 @@ def _fmt_validation(err: ValidationError, source: str, entry: str) -> str:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        with open(path) as f:
-            return yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    from oserve_rl.yamlio import read_yaml
+
+    return read_yaml(path)
 
 
 def _load_section(path: Path, section: str, cls: type[BaseModel]) -> dict[str, Any]:

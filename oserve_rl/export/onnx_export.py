@@ -45,9 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from oserve_rl.errors import CheckpointError, ConfigError, UnknownNameError
+from oserve_rl.yamlio import read_yaml_mapping
 from oserve_rl.export.runtime import (
     FORMAT,
     FORMAT_VERSION,
@@ -100,8 +100,7 @@ def _train_config(path: Path) -> dict[str, Any]:
     d = _config_dir(path)
     if d is None:
         return {}
-    data = yaml.safe_load((d / "config.yaml").read_text()) or {}
-    return data if isinstance(data, dict) else {}
+    return read_yaml_mapping(d / "config.yaml")
 
 
 def _rllib_module_dir(path: Path) -> Path | None:
@@ -645,11 +644,7 @@ def _env_from(env_config: str | Path | Mapping[str, Any]):
     if isinstance(env_config, Mapping):
         return make_config(dict(env_config))
     p = Path(env_config)
-    if not p.is_file():
-        raise ConfigError(f"--env-config {p}: no such file")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(p)
     try:
         return make_config(data["env"] if isinstance(data.get("env"), dict) else data)
     except ConfigError as e:

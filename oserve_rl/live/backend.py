@@ -132,19 +132,10 @@ def load_live_config(
     Relative ``model`` / ``python`` / ``router_bin`` paths are made absolute against
     ``base_dir`` (default: the current directory) when they exist there.
     """
-    import yaml
+    from oserve_rl.yamlio import read_yaml_mapping
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of live cluster fields, got {type(data).__name__}")
+    data = read_yaml_mapping(p, "a mapping of live cluster fields")
     data.update(overrides)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     for key in ("model", "python", "router_bin"):

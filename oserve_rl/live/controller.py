@@ -217,19 +217,11 @@ def load_controller_config(path: str | Path, *, base_dir: str | Path | None = No
     """Read a controller config. ``live`` (a path) is resolved against the file's folder; ``live_overrides``
     (e.g. ``model=DIR``, ``router_port=8123``) replace keys of the live config; ``live`` given here
     replaces the file's live cluster altogether (tests pass the fixture's)."""
-    import yaml
-
     from oserve_rl.cluster import load_switch_costs
+    from oserve_rl.yamlio import read_yaml_mapping
 
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: file not found (controller configs live in configs/live/*-sim.yaml)") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(p, hint=" (controller configs live in configs/live/*-sim.yaml)")
     if "live" not in data and set(data) & set(LiveClusterConfig.model_fields):
         raise ConfigError(f"{p} is a live cluster config (load_live_config), not a controller config: the controller "
                           "also needs `sim` and `replica_map`; pass a file like configs/live/cpu-tiny-sim.yaml, "

@@ -31,9 +31,9 @@ def load_forecaster(spec: Any) -> Any:
     if s == "lstm":
         path = bundled_lstm_dir()
         if not path.exists():
-            raise CheckpointError(f"the bundled LSTM predictor is missing at {path}; train one with "
-                                  "`python -m oserve_rl forecast train --out DIR` and pass --predictor DIR, "
-                                  "or use --predictor ewma")
+            raise CheckpointError(f"the bundled LSTM predictor is missing at {path}; `bash scripts/setup.sh` trains "
+                                  "it (or `python -m oserve_rl forecast train --source servegen:m-large --days 0-6 "
+                                  f"--out {path}`), or use --predictor ewma")
         return load_predictor(path)
     if Path(s).exists():
         return load_predictor(s)

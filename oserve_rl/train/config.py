@@ -26,11 +26,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oserve_rl.envs.config import DeployEnvConfig, make_config
 from oserve_rl.errors import ConfigError
+from oserve_rl.yamlio import read_yaml_mapping
 
 ALGOS = ("ppo", "maskable_ppo", "dqn", "a2c")
 
@@ -98,11 +98,7 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
     where = "train config"
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {p}: no such file (configs live in configs/train/)")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping, got {type(data).__name__}")
+        data = read_yaml_mapping(p, hint=" (configs live in configs/train/)")
         where = str(p)
     for k, v in overrides.items():
         if v is not None:
