@@ -12,8 +12,8 @@ Every decision interval (60 s):
    of ``amortise_s`` (the time the new deployment is expected to run). The
    paper reports no explicit hysteresis; 5 % and 10 min are our documented choice;
 4. lower level: dispatch weights x_kj from the LP for the (new or kept)
-   deployment; the weighted router spreads each type over replicas in
-   proportion to them.
+   deployment, re-chosen every interval (re-routing is free); the weighted
+   least-work router keeps each type on the replicas with a positive weight.
 
 Where the paper is silent: the load scale cannot rank deployments once all of
 them serve the forecast with room to spare, and there the throughput-optimal
@@ -22,11 +22,25 @@ every homogeneous one and the running one, those with alpha >= min(headroom,
 best alpha) (``headroom`` = 1.2: 20 % spare capacity, checked against the larger of the
 forecast and the peak minute of the last ``peak_window_min`` = 10 minutes, so a lull
 in a bursty trace does not trade capacity away) are ranked by a latency
-proxy, the slowest type's mean predicted latency, standalone latency on the
-replica it is routed to inflated by 1 / (1 - utilisation) (``latency_aware``;
-set it False for the pure load-scale objective). A switch that only buys latency
-is made only while the running deployment is at most ``latency_switch_max_util``
-(50 %) busy: under load the backlog a switch builds costs more than it buys.
+proxy (``latency_aware``; False: the pure load-scale objective): the predicted
+p99 E2E of the deployment under its best dispatch (``oserve_rl.sched.latency``:
+per-replica TPOT and TTFT from the prompt and decode load routed to it, under
+chunked prefill, and log-normal output lengths per type). The dispatches ranked
+(``dispatch="partition"``) are the LP's balanced one and every partition of the
+types (longest output tails first) and of the replicas into two sides, routed
+by the LP within each side: the max-flow optimum the paper uses is an LP vertex,
+which tends to give each type replicas of its own, and which vertex is left open
+by the paper; here the proxy picks it. Long-output types away from the replicas
+that prefill 2,000-token prompts decode at the pure-decode pace; that is where
+OServe's gain over the static deployment comes from on Azure code (docs/oserve.md).
+The proxy is evaluated at the load the best deployment carries with exactly
+``headroom`` to spare (``plan_load="capacity"``; "peak": at the peak-minute
+rates), so the plan depends on the mix and not on how quiet the last minutes were;
+a partitioned type may ``spill`` (weight 0.05 x its own side's) to the other side,
+which the least-work router uses only under a burst. A switch that only buys
+latency is made only while the running deployment is at most
+``latency_switch_max_util`` (50 %) busy: under load the backlog a switch builds
+costs more than it buys.
 
 Throughput profiles n(config, type) come from the performance model under the
 TPOT SLO (``oserve_rl.sched.ThroughputTable``, ``tpot_bound_s``): a config
@@ -48,24 +62,49 @@ from oserve_rl.cluster import Deployment, enumerate_deployments, enumerate_repli
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, Decision, Policy, PolicyContext, place_near
 from oserve_rl.sched import (
+    LatencyModel,
+    OutputSpread,
     ThroughputTable,
     TypeProfile,
     brute_force_search,
+    disjoint_dispatch,
     flow_guided_search,
+    partition_candidates,
     solve_dispatch,
+    tail_order,
 )
+
+DISPATCHES = ("partition", "balanced")
+PLAN_LOADS = ("capacity", "peak")
 
 
 @lru_cache(maxsize=64)
 def _tables(model, cluster, configs, type_lengths, engine, bound):
     """Throughput table, standalone latencies [config, type] and homogeneous deployments (cached: the env
-    resets OServe every episode on the same cluster, model and types)."""
+    resets OServe every episode on the same cluster, model and types; envs/deploy.py reads the same triple)."""
     profiles = [TypeProfile(j, float(max(1.0, a)), float(max(1.0, b))) for j, (a, b) in enumerate(type_lengths)]
     table = ThroughputTable(model, configs, profiles, engine, tpot_bound_s=bound)
     lat = np.array([[c.perf().standalone_latency_s(int(p.input_tokens), int(p.output_tokens), engine)
                      for p in profiles] for c in table.configs])
     lat.setflags(write=False)
     return table, lat, enumerate_deployments(model, cluster, homogeneous=True, engine=engine)
+
+
+class Routing:
+    """A dispatch for one deployment: rows = (config, side) groups of identical replicas."""
+
+    __slots__ = ("alpha", "p99_s", "configs", "counts", "x", "side0", "split")
+
+    def __init__(self, alpha, p99_s, configs, counts, x, side0=None, split=None):
+        self.alpha, self.p99_s, self.configs, self.counts, self.x = alpha, p99_s, configs, counts, x
+        self.side0, self.split = side0, split  # None: balanced (every replica open to every type it runs)
+
+    def label(self) -> str:
+        if self.side0 is None:
+            return "balanced"
+        types = "".join(str(j) for j in np.flatnonzero(self.side0))
+        reps = "+".join(f"{n}x{c.label(False)}" for c, n in zip(self.configs[::2], self.split) if n)
+        return f"types {types} -> {reps}"
 
 
 class OServe(Policy):
@@ -75,7 +114,17 @@ class OServe(Policy):
     def __init__(self, hysteresis: float = 0.05, amortise_s: float = 600.0, patience: int = 20,
                  tpot_bound: str | float | None = "slo", min_switch_interval_s: float = 0.0, seed: int = 0,
                  latency_aware: bool = True, headroom: float = 1.2, peak_window_min: int = 10,
-                 latency_switch_max_util: float = 0.5):
+                 latency_switch_max_util: float = 0.5, dispatch: str = "partition", spill: float = 0.05,
+                 plan_load: str = "capacity"):
+        if plan_load not in PLAN_LOADS:
+            raise ConfigError(f"{self.name}: plan_load must be one of {', '.join(PLAN_LOADS)}, got {plan_load!r}")
+        self.plan_load = plan_load
+        if not 0 <= spill <= 1:
+            raise ConfigError(f"{self.name}: spill must be in [0, 1], got {spill!r}")
+        self.spill = float(spill)
+        if dispatch not in DISPATCHES:
+            raise ConfigError(f"{self.name}: dispatch must be one of {', '.join(DISPATCHES)}, got {dispatch!r}")
+        self.dispatch = dispatch
         if not 0 < latency_switch_max_util <= 1:
             raise ConfigError(f"{self.name}: latency_switch_max_util must be in (0, 1], got {latency_switch_max_util!r}")
         self.latency_switch_max_util = float(latency_switch_max_util)
@@ -103,11 +152,18 @@ class OServe(Policy):
         configs = enumerate_replica_configs(ctx.model, ctx.cluster, ctx.engine)
         if not configs:
             raise ConfigError(f"{self.name}: no replica config of {ctx.model} fits cluster {ctx.cluster.name}")
-        self.table, self._lat, self.homogeneous = _tables(ctx.model, ctx.cluster, tuple(configs),
-                                                          tuple(map(tuple, np.asarray(ctx.type_lengths, float))),
-                                                          ctx.engine, bound)
+        self.table, self._standalone_s, self.homogeneous = _tables(
+            ctx.model, ctx.cluster, tuple(configs), tuple(map(tuple, np.asarray(ctx.type_lengths, float))),
+            ctx.engine, bound)
+        # Output tails per type from what the typing window gave (the centres' log-means and the means).
+        spread = OutputSpread.from_means(np.maximum(np.asarray(ctx.type_lengths, float)[:, 1], 1.0),
+                                         np.maximum(ctx.typer.centers_tokens[:, 1], 1.0))
+        self.latency_model = LatencyModel(ctx.engine, np.asarray(ctx.type_lengths, float), spread)
+        self._order = tail_order(spread)
         self._memo: dict[tuple, Any] = {}
         self._memo_lam: np.ndarray | None = None
+        self._routes: dict[tuple, Routing | None] = {}
+        self._routes_key: tuple | None = None
         self._servable = (self.table.n > 0).any(axis=0)
         self.last_switch_s = -math.inf
         self._prior: np.ndarray | None = None
@@ -119,29 +175,116 @@ class OServe(Policy):
         return flow_guided_search(self.ctx.model, self.ctx.cluster, lam, self.table, start=start,
                                   patience=self.patience, engine=self.ctx.engine, seed=self.seed)
 
-    def weights(self, dep: Deployment, lam: np.ndarray) -> np.ndarray:
-        """[J, K] dispatch rates for ``dep``'s replicas (the LP's x, transposed)."""
-        res = solve_dispatch(self.table.for_deployment(dep), np.maximum(lam, 1e-9))
-        w = np.array(res.x, dtype=float).T
-        # The LP's optimum is a vertex, which splits types across *identical* replicas (any split of their
-        # pooled rate is as good). Averaging over replicas of the same config is optimal too (the LP is
-        # convex and symmetric in them) and keeps every replica open to every type it serves: less queueing.
-        configs = dep.configs
-        for cfg in set(configs):
-            cols = [k for k, c in enumerate(configs) if c == cfg]
-            if len(cols) > 1:
-                w[:, cols] = w[:, cols].mean(axis=1, keepdims=True)
-        # A type the LP sends nowhere (no demand forecast) still needs somewhere to go: throughput-proportional.
-        empty = w.sum(axis=1) <= 0
-        if empty.any():
-            w[empty] = self.table.for_deployment(dep).T[empty]
+    def _servable_lam(self, lam: np.ndarray) -> np.ndarray:
+        # Types no config can serve (prompts beyond the context: rejected whatever runs) would make every
+        # deployment's load scale 0; they are left out, as the search does (SearchResult.unservable_types).
+        return np.where(self._servable, np.maximum(np.asarray(lam, dtype=float), 1e-9), 0.0)
+
+    def routing(self, dep: Deployment, lam: np.ndarray, need: float = 0.0) -> Routing | None:
+        """The dispatch of ``dep`` with the lowest p99 proxy at rates ``lam`` among those whose load scale is at
+        least ``need`` (None if none is). ``dispatch="balanced"`` or ``latency_aware=False``: the LP's balanced
+        dispatch only.
+
+        Candidates: the balanced LP dispatch and, with ``dispatch="partition"``, every partition of the types
+        (longest tail outputs first) and of each config group's replicas into two sides, the LP routing within
+        each side (``oserve_rl.sched.latency``). The paper's max-flow optimum is a vertex, which already tends
+        to give types replicas of their own; which vertex is left open by the paper and decided here by the
+        proxy. Memoised per replica multiset for the current rates and ``need``.
+        """
+        lam = self._servable_lam(lam)
+        key_lam = tuple(np.round(lam, 9))
+        if self._routes_key != key_lam:
+            self._routes, self._routes_key = {}, key_lam
+        groups: dict[Any, int] = {}
+        for c in dep.configs:
+            groups[c] = groups.get(c, 0) + 1
+        shape = tuple(sorted(groups.items(), key=lambda kv: repr(kv[0])))
+        key = (round(float(need), 9), shape)
+        if key in self._routes:
+            return self._routes[key]
+        configs = [c for c, _ in shape]
+        counts = np.array([n for _, n in shape], dtype=float)
+        n = np.array([self.table.row(c) for c in configs])
+        lat = self.latency_model
+        best: Routing | None = None
+
+        def consider(rows_cfg, rows_cnt, rows_n, side0=None, split=None):
+            nonlocal best
+            alpha, x = disjoint_dispatch(rows_n, lam, rows_cnt) or (None, None)  # the LPs' answer, closed form
+            if alpha is not None and need > 0 and not alpha >= need * (1 - 1e-6):
+                return
+            if x is None:
+                res = solve_dispatch(rows_n, lam, capacity=rows_cnt)
+                alpha, x = res.alpha, res.x
+            if need > 0 and not alpha >= need * (1 - 1e-6):
+                return
+            per_rep = np.divide(np.asarray(x, float), rows_cnt[:, None], out=np.zeros_like(rows_n),
+                                where=rows_cnt[:, None] > 0)
+            p99 = lat.p99_s(rows_cfg, per_rep, rows_cnt)
+            if best is None or p99 < best.p99_s * (1 - 1e-9):
+                best = Routing(float(alpha), p99, list(rows_cfg), rows_cnt, per_rep, side0, split)
+
+        consider(configs, counts, n)
+        if self.dispatch == "partition" and self.latency_aware and len(dep) > 1:
+            demanded = lam > 1e-6
+            for side0, split in partition_candidates(counts.astype(int).tolist(), self._order, demanded):
+                sp = np.array(split, dtype=float)
+                rows_cfg = [c for c in configs for _ in (0, 1)]
+                rows_cnt = np.column_stack([sp, counts - sp]).reshape(-1)
+                rows_n = np.stack([n * side0[None, :], n * ~side0[None, :]], axis=1).reshape(-1, n.shape[1])
+                consider(rows_cfg, rows_cnt, rows_n, side0, split)
+        self._routes[key] = best
+        return best
+
+    def weights(self, dep: Deployment, lam: np.ndarray, lam_cap: np.ndarray | None = None,
+                need: float | None = None) -> np.ndarray:
+        """[J, K] router rates for ``dep``'s replicas: the dispatch ``routing`` picks at ``lam_cap`` (default
+        ``lam``) keeping a load scale of ``need`` (or, if none does, with no floor); each replica of a row
+        gets the row's rates. ``need=None`` (callers outside ``decide``, e.g. the RL envs): the headroom, or
+        the balanced dispatch's load scale if that is lower, so a partition never costs the headroom."""
+        rates = lam if lam_cap is None else lam_cap
+        if need is None:
+            need = min(self.headroom, self.alpha(dep, rates))
+        r = self.routing(dep, rates, need) or self.routing(dep, rates, 0.0)
+        J, K = self.table.num_types, len(dep)
+        w = np.zeros((J, K))
+        if r is None:  # nothing can be served (no demand the deployment runs): throughput-proportional
+            return self.table.for_deployment(dep).T.copy()
+        # Rows are (config, side) groups; the first split[g] replicas of a config (deployment order) take side 0.
+        taken: dict[Any, int] = {}
+        side = np.zeros(K, dtype=int)
+        for k, c in enumerate(dep.configs):
+            i = taken.get(c, 0)
+            taken[c] = i + 1
+            if r.side0 is None:
+                row = r.configs.index(c)
+            else:
+                g = r.configs.index(c) // 2
+                side[k] = 0 if i < r.split[g] else 1
+                row = 2 * g + side[k]
+            w[:, k] = r.x[row]
+        # A type the dispatch sends nowhere (no demand at these rates) still needs somewhere to go: the replicas
+        # of its side (all of them when balanced), throughput-proportional.
+        n = self.table.for_deployment(dep).T
+        for j in np.flatnonzero(w.sum(axis=1) <= 0):
+            mine = n[j] * (side == (0 if r.side0 is None or r.side0[j] else 1))
+            w[j] = mine if mine.sum() > 0 else n[j]
+        if r.side0 is not None and self.spill > 0:
+            # Soft partition: the other side's replicas take a type at ``spill`` times its own side's weight.
+            # The weighted least-work router then sends it there only when its own side holds 1/spill times
+            # the backlog: a burst the peak-minute rates did not foresee (Azure code: 0 to 630 requests a
+            # minute, 2,000-token prompts) spills over instead of queueing on a few replicas for minutes
+            # (measured: a 1-replica prompt side, 143 s p99 -> 14 s with 0.05), while in steady state the sides
+            # stay apart (the good partition: 7.8 s -> 8.6 s).
+            for j in range(J):
+                own = w[j] > 0
+                if own.any():
+                    w[j] = np.where(own, w[j], np.where(n[j] > 0, self.spill * w[j][own].mean(), 0.0))
         return w
 
     def _dispatch(self, dep: Deployment, lam: np.ndarray):
         """solve_dispatch memoised per replica multiset for the current rates (a decision asks many times)."""
-        # Types no config can serve (prompts beyond the context: rejected whatever runs) would make every
-        # deployment's load scale 0; they are left out, as the search does (SearchResult.unservable_types).
-        lam = np.where(self._servable, np.maximum(np.asarray(lam, dtype=float), 1e-9), 0.0)
+        lam = self._servable_lam(lam)
         if self._memo_lam is None or not np.array_equal(lam, self._memo_lam):
             self._memo, self._memo_lam = {}, lam
         key = tuple(sorted(dep.configs, key=repr))
@@ -154,26 +297,37 @@ class OServe(Policy):
     def alpha(self, dep: Deployment, lam: np.ndarray) -> float:
         return float(self._dispatch(dep, lam)[0].alpha)
 
-    def latency_s(self, dep: Deployment, lam: np.ndarray) -> float:
-        """Latency proxy: the slowest type's mean standalone latency, inflated by 1 / (1 - utilisation)."""
-        lam = np.maximum(lam, 1e-9)
-        res, order = self._dispatch(dep, lam)
-        dep_configs = order
-        if not res.alpha > 0:
-            return math.inf
-        util = np.minimum(np.asarray(res.utilization), 0.95)  # busy share under the routed demand
-        x = np.asarray(res.x, dtype=float)  # [K, J]
-        lat = self._lat[[self.table.index(c) for c in dep_configs]] / (1.0 - util)[:, None]
-        served = x.sum(axis=0)
-        per_type = np.where(served > 0, (x * lat).sum(axis=0) / np.maximum(served, 1e-12), 0.0)
-        return float(per_type[lam > 1e-6].max()) if (lam > 1e-6).any() else 0.0
+    def latency_s(self, dep: Deployment, lam: np.ndarray, need: float = 0.0) -> float:
+        """Latency proxy: the predicted p99 E2E of ``dep`` at rates ``lam`` under its best dispatch
+        (``routing``; inf if no dispatch keeps a load scale of ``need``)."""
+        r = self.routing(dep, lam, need)
+        return math.inf if r is None else float(r.p99_s)
 
-    def objective(self, dep: Deployment, lam: np.ndarray, lam_cap: np.ndarray | None = None) -> tuple[float, float]:
-        """(capped load scale at ``lam_cap``, -latency proxy at ``lam``): larger is better, in that order."""
-        a = self.alpha(dep, lam if lam_cap is None else lam_cap)
+    def objective(self, dep: Deployment, lam_cap: np.ndarray, plan: tuple[np.ndarray, float]) -> tuple[float, float]:
+        """(load scale at ``lam_cap`` capped at the headroom, -latency proxy at the planning rates ``plan`` =
+        (rates, load-scale floor) of ``planning_rates``): larger is better, in that order."""
+        a = self.alpha(dep, lam_cap)
         if not self.latency_aware:
             return a, 0.0
-        return min(a, self.headroom), -self.latency_s(dep, lam)
+        return min(a, self.headroom), -self.latency_s(dep, *plan)
+
+    def planning_rates(self, lam_cap: np.ndarray, best_alpha: float) -> tuple[np.ndarray, float]:
+        """(rates the latency proxy is evaluated at, the load-scale floor a dispatch must keep there).
+
+        ``plan_load="peak"``: the capacity rates, floor ``min(headroom, best_alpha)``. ``"capacity"`` (default):
+        the capacity rates' *mix* scaled up to the load at which the best deployment has just ``headroom`` to
+        spare (never below the capacity rates), floor 1. A plan fitted to one minute's rates breaks on the
+        next burst: Azure code moves between 0 and 630 requests a minute, and before the peak window has seen
+        a burst only the typing window's mean stands in (llama-2-70b/azure-code: a 4xTP8 partition chosen at
+        the mean left one replica for the 2,000-token prompts, p99 37-50 s). Planning at the cluster's
+        capacity makes the choice depend on the mix only, not on how busy the last minutes happened to be
+        (light load is not exploited for latency: the latency-only switches that did so cost more than they
+        bought, docs/oserve.md).
+        """
+        need = min(self.headroom, float(best_alpha))
+        if self.plan_load == "peak" or not math.isfinite(best_alpha) or best_alpha <= self.headroom:
+            return lam_cap, need
+        return lam_cap * (float(best_alpha) / self.headroom), 1.0
 
     def capacity_rates(self, state: ClusterState, lam: np.ndarray) -> np.ndarray:
         """Rates the headroom must cover: the forecast, or the peak minute of the last ``peak_window_min``.
@@ -191,20 +345,34 @@ class OServe(Policy):
 
     # ------------------------------------------------------------------ decide
     def plan(self, state: ClusterState) -> tuple[Deployment, dict[str, Any]]:
-        """OServe's target for this state (before the switch-or-not rule)."""
+        """OServe's target for this state (before the switch-or-not rule).
+
+        With ``latency_aware``: among the searched deployment, every homogeneous one and the running one,
+        those whose best dispatch keeps a load scale of ``need = min(headroom, best load scale)`` at the
+        capacity rates are ranked by the p99 proxy of that dispatch at the same rates (the busiest recent
+        minute is where the p99 is made; a forecast from a lull would trade away what the next burst needs).
+        """
         lam = self.rates(state)
         lam_cap = self.capacity_rates(state, lam)
         res = self.search(lam_cap, state.deployment)
         best = res.deployment
+        need = min(self.headroom, float(res.objective))
+        plan = self.planning_rates(lam_cap, float(res.objective))
         if self.latency_aware:
-            pool = [best, *self.homogeneous]
-            if state.deployment is not None:
-                pool.append(state.deployment)
-            cap = min(self.headroom, float(res.objective))
-            ok = [d for d in pool if self.alpha(d, lam_cap) >= cap * (1 - 1e-6)] or [best]
-            best = min(ok, key=lambda d: self.latency_s(d, lam))
+            pool = list(dict.fromkeys([best, *self.homogeneous] +
+                                      ([state.deployment] if state.deployment is not None else [])))
+            ok = [(self.latency_s(d, *plan), i, d) for i, d in enumerate(pool)
+                  if self.alpha(d, lam_cap) >= need * (1 - 1e-6)]
+            ok = [t for t in ok if math.isfinite(t[0])]
+            if ok:
+                best = min(ok)[2]
         target = place_near(best.configs, state.deployment, self.ctx.cluster, self.ctx.model)
-        return target, {"alpha": self.alpha(target, lam_cap), "latency_proxy_s": self.latency_s(target, lam)}
+        self._plan = plan
+        r = self.routing(target, *plan) or self.routing(target, plan[0], 0.0)
+        return target, {"alpha": self.alpha(target, lam_cap), "need": need,
+                        "plan_scale": float(plan[0].sum() / max(lam_cap.sum(), 1e-12)),
+                        "latency_proxy_s": r.p99_s if r is not None else math.inf,
+                        "dispatch": r.label() if r is not None else "balanced"}
 
     def decide(self, state: ClusterState) -> Decision:
         lam = self.rates(state)
@@ -213,16 +381,17 @@ class OServe(Policy):
             if lam.sum() <= 0:
                 lam = np.ones(state.num_types) * 1e-3  # nothing forecast yet: a balanced mix
             target, info = self.plan(state)
-            return Decision(target, self.weights(target, lam), info=info)
+            return Decision(target, self.weights(target, lam, *self._plan), info=info)
         cur = state.deployment
         if lam.sum() <= 0:
             return Decision()
         target, info = self.plan(state)
-        gain = self.gain(cur, target, lam, self.capacity_rates(state, lam))
+        lam_cap = self.capacity_rates(state, lam)
+        plan = self._plan
+        gain = self.gain(cur, target, lam_cap, plan)
         downtime = estimate_switch_downtime_s(cur, target, self.ctx.switch_costs) if target != cur else 0.0
         info.update(gain=gain, est_downtime_s=downtime)
         wait = state.now_s - self.last_switch_s < self.min_switch_interval_s
-        lam_cap = self.capacity_rates(state, lam)
         # A switch that only buys latency (both deployments keep the headroom) empties replicas for its
         # downtime; under load the backlog it builds costs more than the latency it buys (Azure code at 60 %
         # load: 80 s -> 525 s p99 with latency switches). So those need a light load: alpha >= 1/max_util.
@@ -232,23 +401,31 @@ class OServe(Policy):
         if target != cur and not state.switch_in_progress and not wait and not too_busy and \
                 gain > self.hysteresis + downtime / self.amortise_s:
             self.last_switch_s = state.now_s
-            return Decision(target, self.weights(target, lam), info=info)
-        return Decision(None, self.weights(cur, lam), info=info)
+            return Decision(target, self.weights(target, lam, *plan), info=info)
+        # Re-routing is free: the running deployment gets the dispatch that suits the current rates.
+        r = self.routing(cur, *plan) or self.routing(cur, plan[0], 0.0)
+        info.update(dispatch=r.label() if r is not None else "balanced",
+                    latency_proxy_s=r.p99_s if r is not None else math.inf)
+        return Decision(None, self.weights(cur, lam, *plan), info=info)
 
-    def gain(self, cur: Deployment, target: Deployment, lam: np.ndarray, lam_cap: np.ndarray | None = None) -> float:
+    def gain(self, cur: Deployment, target: Deployment, lam_cap: np.ndarray, plan: tuple[np.ndarray, float]) -> float:
         """Relative predicted improvement of ``target`` over ``cur``: in load scale while below the headroom
-        target, else in the latency proxy."""
-        (a_cur, l_cur), (a_new, l_new) = self.objective(cur, lam, lam_cap), self.objective(target, lam, lam_cap)
+        target, else in the latency proxy (at the planning rates)."""
+        (a_cur, l_cur), (a_new, l_new) = self.objective(cur, lam_cap, plan), self.objective(target, lam_cap, plan)
         if a_new > a_cur * (1 + 1e-6):
             return a_new / max(a_cur, 1e-12) - 1.0
         if a_new < a_cur * (1 - 1e-6):
             return -1.0
-        return (l_new - l_cur) / max(-l_new, 1e-12) if self.latency_aware else 0.0
+        if not self.latency_aware or l_new == l_cur:
+            return 0.0
+        if math.isinf(l_cur):
+            return math.inf if math.isfinite(l_new) else 0.0
+        return (l_new - l_cur) / max(-l_new, 1e-12)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "latency_aware": self.latency_aware, "headroom": self.headroom,
                 "peak_window_min": self.peak_window_min, "latency_switch_max_util": self.latency_switch_max_util,
-                "hysteresis": self.hysteresis, "amortise_s": self.amortise_s,
+                "dispatch": self.dispatch, "spill": self.spill, "plan_load": self.plan_load, "hysteresis": self.hysteresis, "amortise_s": self.amortise_s,
                 "patience": self.patience, "tpot_bound": self.tpot_bound,
                 "min_switch_interval_s": self.min_switch_interval_s, "seed": self.seed}
 

@@ -26,7 +26,7 @@ the registry's vllm_reload, since agents/ has no parameter for them:
   A0 homog+reload   OServe's loop restricted to homogeneous deployments,
                     least-work routing, cold-reload switching (= vLLM-reload)
   A1 +hetero        flow-guided heterogeneous plans, least-work routing, reload
-  A2 +max-flow      the registry's vllm_reload (LP dispatch weights, reload)
+  A2 +max-flow      the registry's vllm_reload (LP dispatch, partitioned by the p99 proxy; reload)
   A3 +ad hoc switch the registry's oserve (re-sharding switches)
 
 Requests longer than the model's context (Llama-2-70B 4,096, OPT-66B 2,048
@@ -140,11 +140,14 @@ class HomogeneousReload(VLLMReload):
 
     name = "abl_homog_reload"
 
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**{"dispatch": "balanced", **kw})  # its plans are ranked as least-work routing runs them
+
     def search(self, lam: np.ndarray, start: Any) -> Any:
         best = homogeneous_candidates(self.ctx.model, self.ctx.cluster, np.maximum(lam, 1e-9), self.table)[0]
         return SimpleNamespace(deployment=best.deployment, objective=best.objective)
 
-    def weights(self, dep: Any, lam: np.ndarray) -> None:
+    def weights(self, dep: Any, lam: np.ndarray, *args: Any, **kw: Any) -> None:
         return None  # no LP weights: the loop installs the load-based least-work router
 
 
@@ -153,7 +156,10 @@ class HeteroReload(VLLMReload):
 
     name = "abl_hetero_reload"
 
-    def weights(self, dep: Any, lam: np.ndarray) -> None:
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**{"dispatch": "balanced", **kw})
+
+    def weights(self, dep: Any, lam: np.ndarray, *args: Any, **kw: Any) -> None:
         return None
 
 
@@ -161,7 +167,9 @@ ABLATION = (("A0 homog+reload", HomogeneousReload), ("A1 +hetero", HeteroReload)
 ABLATION_REGISTRY = {"A2 +max-flow": "vllm_reload", "A3 +ad hoc switch": "oserve"}
 # OServe with other values of its own parameters (agents/oserve.py): how much of the result is these choices.
 SENSITIVITY = {"oserve headroom=1.5": {"headroom": 1.5}, "oserve latency_aware=False": {"latency_aware": False},
-               "oserve min_switch_interval=300s": {"min_switch_interval_s": 300.0}}
+               "oserve min_switch_interval=300s": {"min_switch_interval_s": 300.0},
+               "oserve dispatch=balanced": {"dispatch": "balanced"}, "oserve plan_load=peak": {"plan_load": "peak"},
+               "oserve spill=0": {"spill": 0.0}}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -330,3 +330,60 @@ def test_property_invariants_and_fast_equals_exact(perf70, scenario):
         assert (rec.reject_code[rec.status == STATUS_REJECTED] >= 0).all()
         recs[mode] = rec
     assert_same(recs["fast"], recs["exact"])
+
+
+# ------------------------------------------------ the decode group changes nothing
+def _bitwise_same(rec_a: RequestRecorder, rec_b: RequestRecorder) -> None:
+    for name in ("status", "reject_code", "preemptions", "cached_tokens", "generated_tokens", "replica",
+                 "first_scheduled_s", "first_token_s", "finish_s"):
+        np.testing.assert_array_equal(getattr(rec_a, name), getattr(rec_b, name), err_msg=name)
+
+
+def _drive_with_group(monkeypatch, perf, arrival, inp, out, hashes, cfg, replicas, group_min, probe=None):
+    from oserve_rl.sim import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "GROUP_MIN_BATCH", group_min)
+    rec = RequestRecorder(arrival, inp, out, hashes, 128 if hashes is not None else None)
+    engines = [ReplicaEngine(perf, cfg, mode="fast", recorder=rec, replica_id=i) for i in range(replicas)]
+    for rid, t in enumerate(rec.arrival_s.tolist()):
+        eng = engines[rid % replicas]
+        eng.advance_to(t)
+        eng.add_request(rid, t)
+        if probe is not None and rid % 7 == 3:  # read the load as routers and observations do, mid-group
+            probe.append((eng.outstanding_tokens, eng.kv_used_blocks, eng.num_running, eng.num_waiting))
+    for eng in engines:
+        eng.advance_to(math.inf)
+        eng.check_invariants()
+    return rec, engines
+
+
+# monkeypatch is function-scoped, but every example sets the attribute it reads itself.
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(scenarios())
+def test_property_decode_group_is_bit_identical(perf70, monkeypatch, scenario):
+    """Fast mode with the O(1) decode group (formed at any batch size) == fast mode without it, bit for bit."""
+    arrival, inp, out, hashes, cfg, kv_tokens, replicas = scenario
+    perf = SmallKV(perf70, kv_tokens)
+    probes: dict[int, list] = {1: [], 10**9: []}
+    recs = {g: _drive_with_group(monkeypatch, perf, arrival, inp, out, hashes, cfg, replicas, g, probes[g])[0]
+            for g in probes}
+    _bitwise_same(recs[1], recs[10**9])
+    assert probes[1] == probes[10**9]
+
+
+def test_decode_group_is_used_and_bit_identical_under_preemption(perf70, monkeypatch):
+    # Many concurrent decodes in a small KV cache: the group forms, ticks, and is dissolved for preemptions.
+    rng = np.random.default_rng(3)
+    n = 400
+    arrival = np.sort(rng.uniform(0, 30, n))
+    inp, out = rng.integers(20, 900, n), rng.integers(50, 400, n)
+    hashes = [np.arange(c * 1000, c * 1000 + -(-i // 128), dtype=np.uint64) for c, i in zip(rng.integers(0, 3, n), inp)]
+    perf = SmallKV(perf70, 4_000)
+    cfg = EngineConfig(max_num_batched_tokens=512)
+    rec_g, eng_g = _drive_with_group(monkeypatch, perf, arrival, inp, out, hashes, cfg, 2, 1)
+    rec_p, eng_p = _drive_with_group(monkeypatch, perf, arrival, inp, out, hashes, cfg, 2, 10**9)
+    _bitwise_same(rec_g, rec_p)
+    assert sum(e.num_group_steps for e in eng_g) > 100 and sum(e.num_group_steps for e in eng_p) == 0
+    assert rec_g.preemptions.sum() > 0 and rec_g.cached_tokens.sum() > 0
+    assert [e.num_iterations for e in eng_g] == [e.num_iterations for e in eng_p]

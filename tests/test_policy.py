@@ -216,3 +216,34 @@ def test_a_trace_shorter_than_the_predictors_history_is_refused(small):
 
     with pytest.raises(ConfigError, match="needs at least 60"):
         run_policy(make_policy("vllm_static"), small, forecaster=Needs())
+
+
+def test_oserve_dispatch_is_ranked_by_its_p99_proxy_and_every_type_has_a_replica(small):
+    from oserve_rl.policy import ControlLoop
+
+    pol = make_policy("oserve")
+    loop = ControlLoop(small, forecaster=make_predictor("ewma"))
+    pol.reset(loop.context())
+    for _ in range(3):
+        state = loop.observe()
+        dec = pol.decide(state)
+        assert "dispatch" in dec.info and dec.info["latency_proxy_s"] > 0
+        loop.apply(dec, 0.0)
+        w = np.asarray(dec.weights)
+        assert w.shape == (small.num_types, len(loop.sim.deployment))
+        assert (w.sum(axis=1) > 0).all()  # every type can go somewhere
+        # The partition's dispatch (if any) is at least as good, by the proxy, as the balanced one it was ranked with.
+        bal = make_policy("oserve", dispatch="balanced")
+        bal.reset(loop.context())
+        dep = loop.sim.deployment
+        rates, need = pol._plan
+        assert pol.latency_s(dep, rates, need) <= bal.latency_s(dep, rates, need) + 1e-9
+        loop.advance()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"dispatch": "maxflow"}, "dispatch must be one of"),
+                                           ({"spill": 2.0}, "spill must be in"),
+                                           ({"plan_load": "mean"}, "plan_load must be one of")])
+def test_oserve_refuses_bad_dispatch_parameters(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make_policy("oserve", **kwargs)

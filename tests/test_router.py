@@ -144,7 +144,7 @@ def test_weighted_least_work_keeps_types_on_their_replicas_and_balances_by_weigh
 
 
 def test_weighted_least_work_with_estimates_reads_the_extrapolated_load():
-    r = make_router("weighted_least_work", rates=[[1.0, 1.0]])
+    r = make_router("weighted_least_work", rates=[[1.0, 1.0]], estimate_load=True)
     reps = [EstView(outstanding_tokens=1000, rate_tok_s=100.0), EstView(outstanding_tokens=600)]
     r.now_s = 0.0
     assert r.choose(0, 0, 10, reps) == 1

@@ -328,3 +328,115 @@ def test_search_bad_input(table16):
     with pytest.raises(ConfigError, match="no config of the throughput table fits"):
         flow_guided_search("llama-2-70b", "h100x8", LAM, ThroughputTable(
             "llama-2-70b", [ReplicaConfig("llama-2-70b", "a100", 4)], TYPES, engine=EngineConfig()))
+
+
+# --------------------------------------------------------------------------- tail-latency proxy (sched/latency.py)
+
+# Azure-code-like types (Llama-2-70B, first 10 minutes): short chat, short prompts with tiny outputs,
+# long prompts with long-tailed outputs, and 2,000-token prompts with 12-token outputs (half the requests).
+CODE_LENGTHS = np.array([[45.0, 35.0], [262.0, 14.0], [1407.0, 92.0], [1960.0, 12.0]])
+CODE_CENTRES_OUT = np.array([20.0, 12.0, 67.0, 11.0])
+CODE_PEAK_RPS = np.array([2.65, 6.25, 7.82, 22.48])
+
+
+def test_output_spread_recovers_a_lognormal_and_orders_types_by_tail():
+    from oserve_rl.sched.latency import OutputSpread, tail_order
+
+    rng = np.random.default_rng(0)
+    out = rng.lognormal(mean=np.log(80.0), sigma=0.8, size=200_000)
+    sp = OutputSpread.from_means([out.mean()], [np.exp(np.log(out).mean())])
+    assert sp.sigma[0] == pytest.approx(0.8, rel=0.02)
+    assert sp.quantile()[0] == pytest.approx(np.percentile(out, 99), rel=0.05)
+    code = OutputSpread.from_means(CODE_LENGTHS[:, 1], CODE_CENTRES_OUT)
+    assert tail_order(code).tolist()[:2] == [2, 0]  # the long-output types join the decode side first
+    with pytest.raises(ConfigError, match="lengths must be finite and > 0"):
+        OutputSpread.from_means([10.0, 0.0], [5.0, 5.0])
+
+
+def test_prompts_on_a_replica_slow_its_decoding_and_saturation_is_infinite():
+    from oserve_rl.sched.latency import replica_latency
+
+    cfg, engine = ReplicaConfig("llama-2-70b", "h100", tp=4), EngineConfig(max_model_len=4096)
+    inp, out = CODE_LENGTHS[:, 0], CODE_LENGTHS[:, 1]
+    alone, _ = replica_latency(cfg, engine, np.array([0.0, 0.0, 1.0, 0.0]), inp, out)
+    shared, _ = replica_latency(cfg, engine, np.array([0.0, 0.0, 1.0, 3.0]), inp, out)
+    assert alone < shared  # 3 rps of 1,960-token prompts put chunked prefill into most iterations
+    assert alone == pytest.approx(cfg.perf().decode_s(1, 1453), rel=0.2)  # light load: close to one decode step
+    tpot, ttft = replica_latency(cfg, engine, np.array([0.0, 0.0, 0.0, 50.0]), inp, out)
+    assert math.isinf(tpot) and np.isinf(ttft).all()
+    assert replica_latency(cfg, engine, np.zeros(4), inp, out)[0] == 0.0
+
+
+def test_p99_proxy_is_the_mixture_quantile():
+    from oserve_rl.sched.latency import Z99, p99_e2e_s
+
+    # One cell: p99 = TTFT + TPOT * (the output's p99).
+    assert p99_e2e_s(np.ones(1), np.array([0.5]), np.array([0.02]), np.log([100.0]), np.array([0.5])) == \
+        pytest.approx(0.5 + 0.02 * 100.0 * math.exp(Z99 * 0.5), rel=1e-3)
+    # Two cells: 2 % of the requests take 10 s, the rest 1 s -> the p99 is the slow one's.
+    p = p99_e2e_s(np.array([0.98, 0.02]), np.array([0.0, 0.0]), np.array([0.01, 0.1]), np.log([100.0, 100.0]),
+                  np.array([1e-3, 1e-3]))
+    assert p == pytest.approx(10.0, rel=1e-2)
+    assert math.isinf(p99_e2e_s(np.ones(1), np.array([math.inf]), np.array([0.02]), np.zeros(1), np.ones(1)))
+
+
+def test_partition_candidates_cover_every_split_once():
+    from oserve_rl.sched.latency import partition_candidates
+
+    cands = list(partition_candidates([3, 2], [2, 0, 1, 3], np.ones(4, dtype=bool)))
+    # 3 type splits x (4 * 3 - 2) replica splits (neither side empty)
+    assert len(cands) == 3 * 10
+    assert len({(tuple(s.tolist()), sp) for s, sp in cands}) == len(cands)
+    assert all(s[2] for s, _ in cands)  # the longest-tail type is always on side 0
+    # A type split that leaves a side without demand is skipped.
+    only = list(partition_candidates([4], [2, 0, 1, 3], np.array([1, 0, 1, 0], bool)))
+    assert len(only) == 3 and all(s.tolist() == [False, False, True, False] for s, _ in only)
+
+
+def test_partitioned_dispatch_beats_the_balanced_one_on_a_code_like_mix():
+    """Keeping the 2,000-token prompts off the replicas that decode the long outputs cuts the predicted p99,
+    at a load scale the headroom rule accepts (the mechanism behind OServe's Azure-code gains here)."""
+    from oserve_rl.sched.latency import LatencyModel, OutputSpread
+
+    engine = EngineConfig(max_model_len=4096)
+    cfg = ReplicaConfig("llama-2-70b", "h100", tp=4)
+    profiles = [TypeProfile(j, *map(float, CODE_LENGTHS[j])) for j in range(4)]
+    table = ThroughputTable("llama-2-70b", [cfg], profiles, engine, tpot_bound_s=0.1)
+    lat = LatencyModel(engine, CODE_LENGTHS, OutputSpread.from_means(CODE_LENGTHS[:, 1], CODE_CENTRES_OUT))
+    n = table.n
+    bal = solve_dispatch(n, CODE_PEAK_RPS, capacity=np.array([8.0]))
+    p_bal = lat.p99_s([cfg], bal.x / 8.0, [8])
+    side0 = np.array([True, False, True, False])
+    rows_n = np.vstack([n * side0, n * ~side0])
+    part = solve_dispatch(rows_n, CODE_PEAK_RPS, capacity=np.array([3.0, 5.0]))
+    p_part = lat.p99_s([cfg, cfg], part.x / np.array([[3.0], [5.0]]), [3, 5])
+    assert part.alpha >= 1.2 and bal.alpha > part.alpha
+    assert p_part < 0.85 * p_bal
+
+
+def test_disjoint_dispatch_is_the_lps_answer():
+    from oserve_rl.sched import disjoint_dispatch
+
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(200):
+        k, j = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        owner = rng.integers(k, size=j)  # each type runs on exactly one row
+        n = np.zeros((k, j))
+        n[owner, np.arange(j)] = rng.uniform(0.5, 20.0, j)
+        cap = rng.integers(1, 6, k).astype(float)
+        lam = rng.uniform(0.0, 8.0, j) * (rng.random(j) > 0.2)
+        fast = disjoint_dispatch(n, lam, cap)
+        res = solve_dispatch(n, lam, capacity=cap)
+        if fast is None:
+            assert not (lam > 0).any()
+            continue
+        assert fast[0] == pytest.approx(res.alpha, rel=1e-7)
+        if fast[1] is None:
+            assert res.alpha < 1.0
+            continue
+        checked += 1
+        np.testing.assert_allclose(fast[1], res.x, rtol=1e-7, atol=1e-9)
+    assert checked > 30
+    shared = np.array([[1.0, 2.0], [3.0, 4.0]])  # both rows run both types: the LP decides
+    assert disjoint_dispatch(shared, np.array([1.0, 1.0])) is None

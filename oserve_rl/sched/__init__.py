@@ -1,4 +1,5 @@
-"""OServe's reusable algorithms: per-type throughput profiles, max-flow / load-scale dispatch, deployment search.
+"""OServe's reusable algorithms: per-type throughput profiles, max-flow / load-scale dispatch, deployment search,
+a p99 proxy for dispatches (latency.py).
 
     >>> import numpy as np
     >>> from oserve_rl.cluster import enumerate_replica_configs
@@ -13,6 +14,7 @@ See docs/sched.md for the formulas and the choices made where the paper is silen
 """
 
 from oserve_rl.sched.dispatch import (
+    disjoint_dispatch,
     DispatchResult,
     LoadScale,
     dispatch_for_deployment,
@@ -20,6 +22,14 @@ from oserve_rl.sched.dispatch import (
     max_flow_csgraph,
     max_flow_lp,
     solve_dispatch,
+)
+from oserve_rl.sched.latency import (
+    LatencyModel,
+    OutputSpread,
+    p99_e2e_s,
+    partition_candidates,
+    replica_latency,
+    tail_order,
 )
 from oserve_rl.sched.profiles import (
     ThroughputTable,
@@ -39,8 +49,9 @@ from oserve_rl.sched.search import (
 )
 
 __all__ = [
-    "Candidate", "DispatchResult", "LoadScale", "SearchResult", "ThroughputTable", "TypeProfile",
-    "brute_force_search", "count_shapes", "dispatch_for_deployment", "flow_guided_search", "homogeneous_candidates",
-    "load_scale_lp", "max_flow_csgraph", "max_flow_lp", "profiles_from_trace", "replica_throughput_rps",
-    "simulated_throughput_rps", "solve_dispatch", "type_rates_rps",
+    "Candidate", "DispatchResult", "LatencyModel", "LoadScale", "OutputSpread", "SearchResult", "ThroughputTable",
+    "TypeProfile", "brute_force_search", "count_shapes", "disjoint_dispatch", "dispatch_for_deployment", "flow_guided_search",
+    "homogeneous_candidates", "load_scale_lp", "max_flow_csgraph", "max_flow_lp", "p99_e2e_s", "partition_candidates",
+    "profiles_from_trace", "replica_latency", "replica_throughput_rps", "simulated_throughput_rps", "solve_dispatch",
+    "tail_order", "type_rates_rps",
 ]

@@ -249,6 +249,36 @@ def solve_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None =
     return DispatchResult(alpha=ls.alpha, **arrays)
 
 
+def disjoint_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None
+                      ) -> tuple[float, np.ndarray | None] | None:
+    """``solve_dispatch``'s ``(alpha, x)`` in closed form when every demanded type has exactly one usable row;
+    ``None`` otherwise (then solve the LPs). ``x`` is ``None`` when ``alpha < 1``: the rates actually served
+    then need the max-flow LP, but ``alpha`` alone already rules a dispatch out when it is below a floor.
+
+    With one row per type the LP falls apart into one knapsack per row:
+    ``alpha = min over rows of cap_k / sum_j lam_j / n_kj`` and each type's whole rate goes to its row, the
+    unique optimum, so the answer is the LP's exactly. OServe scores dozens of such dispatches per decision
+    (a homogeneous deployment, and each partition of its types and replicas into two sides); at ~2 ms per
+    HiGHS call they were most of the RL env's step time.
+    """
+    n = np.asarray(n, dtype=np.float64)
+    lam = np.asarray(lam, dtype=np.float64)
+    cap = np.ones(n.shape[0]) if capacity is None else np.asarray(capacity, dtype=np.float64)
+    usable = (n > 0) & (lam > 0)[None, :] & (cap > 0)[:, None]
+    demanded = lam > 0
+    if not demanded.any():
+        return None
+    rows_per_type = usable[:, demanded].sum(axis=0)
+    if (rows_per_type == 0).any():
+        return 0.0, None  # a demanded type nothing serves: no load scale above 0
+    if not (rows_per_type == 1).all():
+        return None
+    busy = np.divide(lam[None, :], n, out=np.zeros_like(n), where=usable).sum(axis=1)  # [K] busy share at lam
+    loaded = busy > 0
+    alpha = float((cap[loaded] / busy[loaded]).min())
+    return alpha, (np.where(usable, lam[None, :], 0.0) if alpha >= 1.0 else None)
+
+
 def dispatch_for_deployment(deployment: "Deployment", lam: np.ndarray, table: "ThroughputTable") -> DispatchResult:
     """``solve_dispatch`` on a deployment's replicas (rows in replica order) with ``table``'s throughputs."""
     if len(deployment) == 0:
@@ -291,6 +321,6 @@ def max_flow_csgraph(
 
 
 __all__ = [
-    "SATURATED", "DispatchResult", "LoadScale", "dispatch_for_deployment", "load_scale_lp", "max_flow_csgraph",
+    "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "load_scale_lp", "max_flow_csgraph",
     "max_flow_lp", "solve_dispatch",
 ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from heapq import heappop, heappush
 from typing import Any, Literal
 
 from oserve_rl.errors import ConfigError, DoesNotFitError
@@ -41,6 +42,9 @@ __all__ = ["ReplicaEngine", "EngineMode"]
 
 EngineMode = Literal["fast", "exact"]
 _INF = math.inf
+# Fast mode forms a decode group (see _join) once this many requests run: below it, touching each
+# request per iteration costs less than the group's bookkeeping. Results do not depend on it.
+GROUP_MIN_BATCH = 16
 
 
 def _default_engine_config() -> Any:
@@ -53,7 +57,7 @@ class _Req:
     """In-flight state of one request on this replica (one object per request, not per iteration)."""
 
     __slots__ = ("rid", "prompt", "out", "n_out", "computed", "n_blocks", "held", "keys", "n_reg", "kv_pre",
-                 "decoding")
+                 "decoding", "cbase", "nbase")
 
     def __init__(self, rid: int, prompt: int, out: int, n_out: int, keys: list | None, kv_pre: int):
         self.rid = rid
@@ -67,6 +71,9 @@ class _Req:
         self.n_reg = 0  # prompt blocks already looked at for registration
         self.kv_pre = kv_pre  # tokens arriving with KV (migration); consumed at admission
         self.decoding = False  # computed == tokens - 1 and a token was sampled: next step is a decode
+        # In the decode group (fast mode): computed = cbase + G, n_out = nbase + G (see ReplicaEngine._join)
+        self.cbase = 0
+        self.nbase = 0
 
 
 class ReplicaEngine:
@@ -124,10 +131,19 @@ class ReplicaEngine:
         self._iter_s = perf.iteration_s_agg
         self._coeffs: dict[int, tuple[float, float]] = {}
         self._admitted = 0
+        # Decode group (fast mode only): running[:_gm] are decoding requests whose computed / n_out /
+        # n_blocks are not written each iteration but derived from the group's tick counter _G, so an
+        # iteration costs O(1) for them instead of O(batch). See _join / _materialize and docs/engine.md.
+        self._gm = 0
+        self._G = 0
+        self._g_csum = 0  # sum of cbase over the group: total context = _g_csum + _gm * _G
+        self._g_hist: dict[int, int] = {}  # cbase % block_size -> members: who needs a new block at which tick
+        self._g_heap: list[tuple[int, int]] = []  # (tick at which the member has all its outputs, rid)
         # Counters (diagnostics, and proof in tests that the fast path is taken).
         self.num_iterations = 0
         self.num_exact_steps = 0
         self.num_fast_jumps = 0
+        self.num_group_steps = 0  # exact steps run with the decode group ticking in O(1)
         self.num_preemptions = 0
 
     # ------------------------------------------------------------ properties
@@ -253,6 +269,7 @@ class ReplicaEngine:
         caller can migrate them (``add_request(rid, t, kv_tokens=...)``) or
         re-queue them (``add_request(rid, t)``: recompute).
         """
+        self._materialize()
         out = []
         gen = self.rec.generated_tokens
         for r in list(self.running) + list(self.waiting):
@@ -309,7 +326,15 @@ class ReplicaEngine:
         return start, n, need, hits
 
     def _exact_step(self) -> None:
-        """Schedule and run one engine iteration (the reference semantics)."""
+        """Schedule and run one engine iteration (the reference semantics).
+
+        In fast mode a decode group, if any, first gets the O(1) path (``_group_step``: same results);
+        this body, the reference, runs with every request's fields explicit.
+        """
+        if self._gm:
+            if self._group_step():
+                return
+            self._materialize()
         T = self._clock
         bs = self.block_size
         pool = self.pool
@@ -365,44 +390,8 @@ class ReplicaEngine:
 
         # 2. waiting requests, FCFS, only if nobody was preempted this iteration
         if not preempted:
-            waiting = self.waiting
-            rec = self.rec
-            while waiting and budget > 0 and len(running) < self.max_num_seqs:
-                r = waiting[0]
-                plan = self._admission_plan(r, budget)
-                if plan is None:
-                    break
-                start, n, need, hits = plan
-                waiting.popleft()
-                if hits:
-                    pool.acquire(r.keys, hits, r.held)
-                    rec.cached_tokens[r.rid] += start
-                    r.n_reg = hits
-                pool.allocate(need)
-                r.n_blocks = hits + need
-                r.computed = start
-                if r.kv_pre:
-                    r.kv_pre = 0  # already off outstanding_tokens since add_request
-                else:
-                    self._outstanding -= start
-                r.decoding = start == r.prompt + r.n_out - 1 and r.n_out > 0
-                if prefix and r.keys is not None:
-                    end = min(len(r.keys), (start + n) // bs)
-                    if end > r.n_reg:
-                        pool.register(r.keys, r.n_reg, end, r.held)
-                        r.n_reg = end
-                if rec.first_scheduled_s[r.rid] != rec.first_scheduled_s[r.rid]:  # NaN: first admission
-                    rec.first_scheduled_s[r.rid] = T
-                running.append(r)
-                if r.decoding:
-                    d_seqs += 1
-                    d_ctx += start
-                else:
-                    pairs += n * (start + (n + 1) * 0.5)
-                sched.append(r)
-                sched_n.append(n)
-                num_tokens += n
-                budget -= n
+            budget, num_tokens, pairs, d_seqs, d_ctx = self._admit_waiting(T, budget, num_tokens, pairs, d_seqs,
+                                                                           d_ctx, sched, sched_n)
 
         if not sched:
             raise RuntimeError(
@@ -431,17 +420,281 @@ class ReplicaEngine:
                     finished = True
         if finished:
             self._finish_done(T_end)
+        if self.fast and len(self.running) >= GROUP_MIN_BATCH:
+            self._join()
+
+    def _admit_waiting(self, T: float, budget: int, num_tokens: int, pairs: float, d_seqs: int, d_ctx: int,
+                       sched: list[_Req], sched_n: list[int]) -> tuple[int, int, float, int, int]:
+        """Rule 2: admit waiting requests FCFS while budget, max_num_seqs and KV blocks allow.
+
+        Step 2 of ``_exact_step`` and of ``_group_step``. Appends the admitted to ``running``, ``sched``
+        and ``sched_n``; returns the updated (budget, num_tokens, pairs, d_seqs, d_ctx) of the iteration
+        being built.
+        """
+        waiting = self.waiting
+        running = self.running
+        rec = self.rec
+        pool = self.pool
+        bs = self.block_size
+        prefix = self.prefix_caching
+        fss = rec.first_scheduled_s
+        max_seqs = self.max_num_seqs
+        while waiting and budget > 0 and len(running) < max_seqs:
+            r = waiting[0]
+            plan = self._admission_plan(r, budget)
+            if plan is None:
+                break
+            start, n, need, hits = plan
+            waiting.popleft()
+            if hits:
+                pool.acquire(r.keys, hits, r.held)
+                rec.cached_tokens[r.rid] += start
+                r.n_reg = hits
+            pool.allocate(need)
+            r.n_blocks = hits + need
+            r.computed = start
+            if r.kv_pre:
+                r.kv_pre = 0  # already off outstanding_tokens since add_request
+            else:
+                self._outstanding -= start
+            r.decoding = start == r.prompt + r.n_out - 1 and r.n_out > 0
+            if prefix and r.keys is not None:
+                end = min(len(r.keys), (start + n) // bs)
+                if end > r.n_reg:
+                    pool.register(r.keys, r.n_reg, end, r.held)
+                    r.n_reg = end
+            if fss[r.rid] != fss[r.rid]:  # NaN: first admission
+                fss[r.rid] = T
+            running.append(r)
+            if r.decoding:
+                d_seqs += 1
+                d_ctx += start
+            else:
+                pairs += n * (start + (n + 1) * 0.5)
+            sched.append(r)
+            sched_n.append(n)
+            num_tokens += n
+            budget -= n
+        return budget, num_tokens, pairs, d_seqs, d_ctx
+
+    # ------------------------------------------------------------ decode group (fast mode)
+    # Decoding requests at the head of ``running`` form a group whose per-request fields are derived
+    # from one tick counter _G: computed = cbase + G, n_out = nbase + G, n_blocks = ceil(computed / bs).
+    # One decode token each per iteration is then G += 1; the blocks the tick needs are the members
+    # whose computed is a multiple of bs (a histogram over cbase % bs); the next completion is the heap
+    # minimum. Only joining, finishing and _materialize (before anything that reads or changes a
+    # member's fields: preemption, pop_running, the general step) touch members one by one.
+
+    def _join(self) -> None:
+        """Add the decoding requests that follow the group in ``running`` to it (in order)."""
+        running = self.running
+        gm = self._gm
+        n = len(running)
+        G = self._G
+        bs = self.block_size
+        hist = self._g_hist
+        heap = self._g_heap
+        csum = self._g_csum
+        while gm < n:
+            r = running[gm]
+            c = r.computed
+            # Members must be plain decodes: next token = 1 token, blocks exactly cover computed, and no
+            # prompt block left to register (all hold for a decoding request; checked, not assumed).
+            if (not r.decoding or c != r.prompt + r.n_out - 1 or r.n_blocks != (c + bs - 1) // bs
+                    or (r.keys is not None and r.n_reg < len(r.keys))):
+                break
+            cb = c - G
+            r.cbase = cb
+            r.nbase = nb = r.n_out - G
+            key = cb % bs
+            hist[key] = hist.get(key, 0) + 1
+            csum += cb
+            heappush(heap, (r.out - nb, r.rid))
+            gm += 1
+        self._gm = gm
+        self._g_csum = csum
+
+    def _materialize(self) -> None:
+        """Write the group members' fields back and dissolve the group."""
+        gm = self._gm
+        if not gm:
+            return
+        G = self._G
+        bs = self.block_size
+        running = self.running
+        for i in range(gm):
+            r = running[i]
+            c = r.cbase + G
+            r.computed = c
+            r.n_out = r.nbase + G
+            r.n_blocks = (c + bs - 1) // bs
+        self._gm = 0
+        self._g_csum = 0
+        self._g_hist = {}
+        self._g_heap = []
+
+    def _group_blocks(self, k: int) -> int:
+        """Blocks the group allocates over its next ``k`` ticks: sum of ceil((c + k) / bs) - ceil(c / bs)."""
+        bs = self.block_size
+        G = self._G
+        total = 0
+        for key, h in self._g_hist.items():
+            d = -(key + G) % bs  # first tick (from now) at which these members' computed is a multiple of bs
+            if d < k:
+                total += h * ((k - 1 - d) // bs + 1)
+        return total
+
+    def _group_step(self) -> bool:
+        """``_general_step`` with the group ticking in O(1); False (nothing changed) if the general step is
+        needed: the budget does not cover one token per member, or some allocation would preempt."""
+        running = self.running
+        gm = self._gm
+        budget = self.token_budget
+        if budget < gm:
+            return False
+        bs = self.block_size
+        pool = self.pool
+        G = self._G
+        g_need = self._g_hist.get(-G % bs, 0)
+        free = pool.free_anon + len(pool.free_cached) - g_need
+        if free < 0:
+            return False
+        nrun = len(running)
+        # The requests after the group (prefill chunks): make sure, without changing anything, that
+        # their allocations fit too (the general step would preempt otherwise).
+        b = budget - gm
+        i = gm
+        while i < nrun and b > 0:
+            r = running[i]
+            c = r.computed
+            n = r.prompt + r.n_out - c
+            if n > b:
+                n = b
+            need = (c + n + bs - 1) // bs - r.n_blocks
+            if need > 0:
+                free -= need
+                if free < 0:
+                    return False
+            b -= n
+            i += 1
+
+        # 1. running: the group (in one piece: it precedes the rest, so allocations happen in the same order)
+        T = self._clock
+        if g_need:
+            pool.allocate(g_need)
+        budget -= gm
+        num_tokens = gm
+        d_seqs = gm
+        d_ctx = self._g_csum + gm * G
+        pairs = 0.0
+        sched: list[_Req] = []
+        sched_n: list[int] = []
+        i = gm
+        while i < nrun and budget > 0:
+            r = running[i]
+            c = r.computed
+            n = r.prompt + r.n_out - c
+            if n > budget:
+                n = budget
+            need = (c + n + bs - 1) // bs - r.n_blocks
+            if need > 0:
+                pool.allocate(need)
+                r.n_blocks += need
+            if r.keys is not None and r.n_reg < len(r.keys):
+                end = min(len(r.keys), (c + n) // bs)
+                if end > r.n_reg:
+                    pool.register(r.keys, r.n_reg, end, r.held)
+                    r.n_reg = end
+            if r.decoding:
+                d_seqs += 1
+                d_ctx += c
+            else:
+                pairs += n * (c + (n + 1) * 0.5)
+            sched.append(r)
+            sched_n.append(n)
+            num_tokens += n
+            budget -= n
+            i += 1
+
+        # 2. waiting (nobody was preempted)
+        if self.waiting:
+            budget, num_tokens, pairs, d_seqs, d_ctx = self._admit_waiting(T, budget, num_tokens, pairs, d_seqs,
+                                                                           d_ctx, sched, sched_n)
+
+        # 3. run it
+        T_end = T + self._iter_s(num_tokens, gm + len(sched), pairs, d_seqs, d_ctx)
+        self._rate_tok_s = num_tokens / (T_end - T) if T_end > T else self._rate_tok_s
+        self._clock = T_end
+        self._outstanding -= num_tokens
+        self.num_iterations += 1
+        self.num_exact_steps += 1
+        self.num_group_steps += 1
+        G += 1
+        self._G = G
+        finished = self._g_heap[0][0] <= G
+        rec = self.rec
+        for r, n in zip(sched, sched_n):
+            c = r.computed + n
+            r.computed = c
+            if c == r.prompt + r.n_out:
+                r.n_out += 1
+                r.decoding = True
+                if r.n_out == 1:
+                    rec.first_token_s[r.rid] = T_end
+                if r.n_out >= r.out:
+                    finished = True
+        if finished:
+            self._finish_done(T_end)
+        if len(self.running) > self._gm:
+            self._join()
+        return True
 
     def _finish_done(self, T_end: float) -> None:
         rec = self.rec
+        pool = self.pool
         keep = []
-        for r in self.running:
+        running = self.running
+        gm = self._gm
+        if gm:
+            G = self._G
+            bs = self.block_size
+            hist = self._g_hist
+            csum = self._g_csum
+            for i in range(gm):
+                r = running[i]
+                n_out = r.nbase + G
+                if n_out >= r.out:
+                    rid = r.rid
+                    cb = r.cbase
+                    rec.finish_s[rid] = T_end
+                    rec.status[rid] = STATUS_COMPLETED
+                    rec.generated_tokens[rid] = n_out
+                    pool.release(r.held, (cb + G + bs - 1) // bs)
+                    del self._reqs[rid]
+                    key = cb % bs
+                    h = hist[key] - 1
+                    if h:
+                        hist[key] = h
+                    else:
+                        del hist[key]
+                    csum -= cb
+                else:
+                    keep.append(r)
+            self._g_csum = csum
+            heap = self._g_heap
+            while heap and heap[0][0] <= G:
+                heappop(heap)
+            self._gm = len(keep)
+            rest = running[gm:]
+        else:
+            rest = running
+        for r in rest:
             if r.n_out >= r.out:
                 rid = r.rid
                 rec.finish_s[rid] = T_end
                 rec.status[rid] = STATUS_COMPLETED
                 rec.generated_tokens[rid] = r.n_out
-                self.pool.release(r.held, r.n_blocks)
+                pool.release(r.held, r.n_blocks)
                 del self._reqs[rid]
             else:
                 keep.append(r)
@@ -450,6 +703,14 @@ class ReplicaEngine:
     def _fast_jump(self, t_s: float) -> bool:
         """Jump k >= 2 pure-decode iterations at once if the batch is fixed; False if not possible."""
         running = self.running
+        gm = self._gm
+        if gm:
+            if gm == len(running):
+                return self._group_jump(t_s)
+            for i in range(gm, len(running)):
+                if not running[i].decoding:
+                    return False  # as below: a request in prefill means no jump
+            self._materialize()
         nd = len(running)
         if nd == 0 or nd > self.token_budget:
             return False
@@ -479,21 +740,7 @@ class ReplicaEngine:
         T = self._clock
         k = k_done
         if t_s < _INF:
-            # step j starts at T + a*j^2 + b*j; k = number of steps starting before t_s
-            a = 0.5 * per * nd
-            b = base + per * ctx - a
-            d = t_s - T
-            if a > 0.0:
-                j = math.ceil((-b + math.sqrt(b * b + 4.0 * a * d)) / (2.0 * a))
-            else:
-                j = math.ceil(d / b)
-            j = max(j, 1)
-            while j > 1 and T + (a * (j - 1) + b) * (j - 1) >= t_s:
-                j -= 1
-            while T + (a * j + b) * j < t_s:
-                j += 1
-            if j < k:
-                k = j
+            k = min(k, _steps_starting_before(T, t_s, base, per, nd, ctx))
             if k < 2:
                 return False
         bs = self.block_size
@@ -539,8 +786,69 @@ class ReplicaEngine:
         return True
 
     # ----------------------------------------------------------- invariants
+    def _group_jump(self, t_s: float) -> bool:
+        """``_fast_jump`` when every running request is in the decode group: O(1) but for the block count."""
+        nd = self._gm
+        if nd > self.token_budget:
+            return False
+        pool = self.pool
+        cap = pool.free_anon + len(pool.free_cached)
+        if self.waiting:
+            budget_left = self.token_budget - nd
+            if nd < self.max_num_seqs and budget_left > 0:
+                if self._admission_plan(self.waiting[0], budget_left) is not None:
+                    return False
+                cap = pool.free_anon  # see _fast_jump
+        G = self._G
+        k_done = self._g_heap[0][0] - G
+        if k_done < 2:
+            return False
+        ctx = self._g_csum + nd * G
+        base, per = self._coeff(nd)
+        T = self._clock
+        k = k_done
+        if t_s < _INF:
+            k = min(k, _steps_starting_before(T, t_s, base, per, nd, ctx))
+            if k < 2:
+                return False
+        bs = self.block_size
+        alloc = -1
+        if nd * ((k + bs - 1) // bs) > cap:
+            alloc = self._group_blocks(k)
+            if alloc > cap:
+                lo, hi = 0, k
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if self._group_blocks(mid) <= cap:
+                        lo = mid
+                    else:
+                        hi = mid
+                k = lo
+                if k < 2:
+                    return False
+                alloc = -1
+        if alloc < 0:
+            alloc = 0
+            for key, h in self._g_hist.items():  # _group_blocks(k), inlined: the hot path
+                dd = -(key + G) % bs
+                if dd < k:
+                    alloc += h * ((k - 1 - dd) // bs + 1)
+        self._G = G + k
+        if alloc:
+            pool.allocate(alloc)
+        T_end = T + k * base + per * (k * ctx + nd * k * (k - 1) * 0.5)
+        self._rate_tok_s = nd * k / (T_end - T) if T_end > T else self._rate_tok_s
+        self._clock = T_end
+        self._outstanding -= nd * k
+        self.num_iterations += k
+        self.num_fast_jumps += 1
+        if k == k_done:
+            self._finish_done(T_end)
+        return True
+
     def check_invariants(self) -> None:
         """KV accounting adds up and never exceeds capacity (for tests)."""
+        self._materialize()  # members' fields are derived while grouped; the checks read them
         pool = self.pool
         # shared prefix blocks are one physical block however many requests hold them
         held = sum(r.n_blocks - len(r.held) for r in self.running) + len(pool.ref)
@@ -566,3 +874,22 @@ class ReplicaEngine:
             for r in self.running:
                 if self.rec.status[r.rid] != STATUS_PENDING:
                     raise AssertionError(f"request {r.rid} is running but has status {self.rec.status[r.rid]}")
+
+
+def _steps_starting_before(T: float, t_s: float, base: float, per: float, nd: int, ctx: int) -> int:
+    """How many decode steps of a fixed batch start before ``t_s`` (at least 1).
+
+    ``nd`` sequences with total context ``ctx``, step time ``base + per * context``, each step adding
+    ``nd`` tokens of context: step ``j`` starts at ``T + a j^2 + b j``; the root is corrected by at most
+    a step either way against floating-point rounding.
+    """
+    a = 0.5 * per * nd
+    b = base + per * ctx - a
+    d = t_s - T
+    j = math.ceil((-b + math.sqrt(b * b + 4.0 * a * d)) / (2.0 * a)) if a > 0.0 else math.ceil(d / b)
+    j = max(j, 1)
+    while j > 1 and T + (a * (j - 1) + b) * (j - 1) >= t_s:
+        j -= 1
+    while T + (a * j + b) * j < t_s:
+        j += 1
+    return j

@@ -56,6 +56,24 @@ class _NotReady:
 
 _NOT_READY = _NotReady()
 
+# plan_switch is a pure function of (old, new, costs) and costs milliseconds on 32 GPUs; an agent
+# trying deployments revisits the same pairs often (half of them within 8 episodes of random actions).
+_PLAN_CACHE: dict[tuple[Any, Any, Any], Any] = {}
+_PLAN_CACHE_MAX = 4096
+
+
+def _plan_switch_cached(old: Deployment, new: Deployment, costs: SwitchCosts):
+    key = (old, new, costs)
+    try:
+        plan = _PLAN_CACHE.get(key)
+    except TypeError:  # an unhashable field somewhere: plan it every time
+        return plan_switch(old, new, costs)
+    if plan is None:
+        if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
+            _PLAN_CACHE.clear()
+        plan = _PLAN_CACHE[key] = plan_switch(old, new, costs)
+    return plan
+
 
 @dataclass
 class SwitchRecord:
@@ -117,6 +135,9 @@ class ClusterSimulator:
         self.types = np.zeros(n, dtype=np.int64) if request_types is None else np.asarray(request_types, np.int64)
         if self.types.shape != (n,):
             raise ConfigError(f"simulate: request_types must have one entry per request ({n}), got {self.types.shape}")
+        # Plain lists for the per-arrival hot path (numpy scalar indexing costs several times more).
+        self._types_list: list[int] = self.types.tolist()
+        self._arrival_list: list[float] = self.rec.arrival_s.tolist()
         self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.now_s = 0.0
@@ -130,6 +151,7 @@ class ClusterSimulator:
         self._gpu_clock_s = 0.0
         self._draining: list[ReplicaEngine] = []
         self._replica_seq = 0
+        self._views: list[Any] = []  # what routers see; rebuilt whenever self.replicas changes
         self._perf_by_replica: dict[int, Any] = {}  # every engine ever started, for standalone latencies
         self._ready_at: list[float] = []  # per current replica: when it accepts (pending ones are None in replicas)
         self._install(deployment, start_s=0.0)
@@ -146,11 +168,15 @@ class ClusterSimulator:
         self.deployment = deployment
         self.replicas: list[ReplicaEngine | None] = [self._new_engine(p) for p in deployment.replicas]
         self._ready_at = [start_s] * len(self.replicas)
+        self._refresh_views()
         self.timeline.append((start_s, deployment.spec_string()))
 
     @property
     def views(self) -> list[Any]:
         return [r if r is not None else _NOT_READY for r in self.replicas]
+
+    def _refresh_views(self) -> None:
+        self._views = [r if r is not None else _NOT_READY for r in self.replicas]
 
     def _push(self, t: float, kind: str, payload: Any) -> None:
         self._seq += 1
@@ -192,7 +218,7 @@ class ClusterSimulator:
         old = self.deployment
         if isinstance(new, str):
             new = parse_deployment(new, old.cluster, old.model, engine=self.engine_cfg, prefer=old)
-        plan = plan_switch(old, new, self.costs)
+        plan = _plan_switch_cached(old, new, self.costs)
         self._account_gpus(t)
         old_engines = self.replicas
         gone_at: dict[int, float] = {}
@@ -232,6 +258,7 @@ class ClusterSimulator:
         self.deployment = new
         self.replicas = new_engines
         self._ready_at = new_ready_at
+        self._refresh_views()
         self.timeline.append((t, new.spec_string()))
         # KV of migrated requests crosses the links before they can resume; charged towards the first
         # replica that starts (or is kept), whose GPUs are where the new deployment has room.
@@ -256,6 +283,7 @@ class ClusterSimulator:
             return  # superseded by a later switch
         self.replicas[i] = self._new_engine(dep.replicas[i])
         self.replicas[i]._clock = t
+        self._refresh_views()
         self._flush_held(t)
 
     def _flush_held(self, t: float) -> None:
@@ -269,15 +297,16 @@ class ClusterSimulator:
     def _dispatch(self, rid: int, t: float, kv_tokens: int = 0) -> None:
         # Engines move lazily; without this a load-reading router would compare
         # outstanding work as of each replica's last request, not as of now.
-        self.router.now_s = t
-        if self.router.needs_load:
-            subset = self.router.load_subset(int(self.types[rid]))
+        router = self.router
+        router.now_s = t
+        typ = self._types_list[rid]
+        if router.needs_load:
+            subset = router.load_subset(typ)
             engines = self.replicas if subset is None else [self.replicas[k] for k in subset]
             for eng in engines:
                 if eng is not None and eng.accepting:
                     eng.advance_to(t)
-        views = self.views
-        i = self.router.choose(rid, int(self.types[rid]), int(self.rec.input_list[rid]), views)
+        i = router.choose(rid, typ, self.rec.input_list[rid], self._views)
         if i is None:
             self._held.append((rid, kv_tokens))
             return
@@ -303,7 +332,7 @@ class ClusterSimulator:
 
     def step_to(self, t_s: float) -> None:
         """Process every arrival and event up to ``t_s`` and advance all replicas to it."""
-        rec, arr = self.rec, self.rec.arrival_s
+        rec, arr = self.rec, self._arrival_list
         n = rec.n
         i = self._next_arrival
         bar = None
@@ -311,12 +340,13 @@ class ClusterSimulator:
             from tqdm import tqdm
 
             bar = tqdm(total=n - i, desc="simulating", unit="req", leave=False, file=sys.stderr)
+        events, dispatch = self._events, self._dispatch
         while i < n and arr[i] <= t_s:
-            a = float(arr[i])
-            if self._events and self._events[0][0] <= a:
+            a = arr[i]
+            if events and events[0][0] <= a:
                 self._run_events_until(a)
             self.now_s = a
-            self._dispatch(i, a)
+            dispatch(i, a)
             i += 1
             if bar is not None and i % 2000 == 0:
                 bar.update(2000)

@@ -1,0 +1,279 @@
+"""A tail-latency proxy for a dispatch, and the partitioned dispatches OServe ranks with it.
+
+The load-scale LP (``dispatch.py``) sees each replica as a pool of busy time:
+type ``j`` uses ``x_kj / n_kj`` of replica ``k`` whatever else runs there. That
+is right for throughput and blind to latency. With chunked prefill, every
+iteration of a replica carries one token of each decoding sequence *and* up to
+``max_num_batched_tokens`` prompt tokens, so the prompts routed to a replica
+set the time per output token (TPOT) of everything decoding on it: Llama-2-70B
+on one TP4 H100 replica decodes 64 sequences in ~26 ms, but an iteration that
+also carries a full 2,048-token chunk takes ~175 ms. A long-output request
+that shares its replica with prompt-heavy types (Azure code: 54 % of requests
+are 2,000-token prompts with 12-token outputs) decodes at the prompt-heavy
+types' pace; moved to replicas that serve only decode-heavy types, it decodes
+at the pure-decode pace. Which types share a replica matters for the p99,
+not for the load scale.
+
+``replica_latency`` (steady state of one replica under rates ``x[j]``):
+
+    P  = sum_j x_j in_j                         prompt tokens/s
+    B  = sum_j x_j out_j * TPOT                 sequences decoding (Little's law)
+    T  = iteration with B decode tokens + a full chunk of (budget - B) prompt tokens
+    d  = pure decode iteration of B sequences
+    f  = P * T / (budget - B)                   share of time in prompt-carrying iterations (< 1)
+    TPOT = 1 / (f / T + (1 - f) / d)            one token per decoding sequence per iteration
+    TTFT_j = in_j * T / (budget - B)  +  f / (1 - f) * T / (budget - B) * E[in^2] / E[in] / 2   (M/G/1 wait)
+
+solved as a fixed point in TPOT (B depends on it). ``inf`` when the replica
+saturates (``f >= 1``) or its decode batch does not fit the KV pool or
+``max_num_seqs``.
+
+``p99_e2e_s`` (the proxy): output lengths of type ``j`` are taken as
+log-normal, with the log-mean of the typer's k-means centre and the spread that
+makes its mean the type's mean output (``sigma^2 = 2 ln(mean / geometric
+mean)``: the typer's centres are means of log lengths); a request of type ``j``
+on replica ``k`` finishes after ``TTFT_kj + out * TPOT_k``. The proxy is the
+0.99 quantile of that mixture (requests weighted by ``x``), by bisection. On
+the four Azure scenarios of docs/oserve.md the log-normal p99 of the types'
+outputs is within 0.5-2x of the measured one; its ranking of deployments and
+dispatches at the busiest minute's rates matched the simulator's in the
+cases checked there (it misses queueing in sub-minute bursts, which is why
+OServe checks capacity with the load-scale LP and its headroom first).
+
+``partition_candidates``: OServe's paper routes with the max-flow LP, whose
+optimum is a vertex: it tends to give each type its own few replicas, but
+*which* vertex is arbitrary when the demand fits with room to spare (the LP is
+degenerate). Our reading (the paper is silent): rank the dispatches by the
+proxy. The candidates are the balanced LP dispatch (every replica open to every
+type it runs) and every *partition*: the ``t`` types with the longest tail
+outputs (log-normal p99) go to one side, the rest to the other, and each
+config group of the deployment is split between the sides in every way
+(``count_g + 1`` ways per group); the LP then routes within the sides.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+from oserve_rl.cluster import ReplicaConfig
+from oserve_rl.errors import ConfigError
+from oserve_rl.perf import EngineConfig
+
+Z99 = 2.3263478740408408  # standard normal 0.99 quantile
+KV_OUTPUT_SHARE = 0.75  # as in profiles.py: a request holds in + 0.75 out tokens of KV on average under preemption
+MAX_SPLITS = 512  # partitions per type split: product of (count + 1) over config groups, beyond which groups are thinned
+
+
+# --------------------------------------------------------------------------- output-length spread per type
+
+
+@dataclass(frozen=True)
+class OutputSpread:
+    """Log-normal output lengths per type: ``log out ~ N(mu[j], sigma[j]^2)``."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    @classmethod
+    def from_means(cls, mean_out: Sequence[float], center_out: Sequence[float],
+                   sigma_range: tuple[float, float] = (0.05, 2.0)) -> OutputSpread:
+        """From each type's mean output and its geometric mean (the typer's centre, ``exp`` of the log-mean).
+
+        ``mean / geometric mean = exp(sigma^2 / 2)`` for a log-normal. ``sigma_range`` clips it: a type whose
+        mean is below its centre (another window's means) still gets some spread, and no type an absurd one.
+        """
+        mean = np.asarray(mean_out, dtype=float)
+        center = np.asarray(center_out, dtype=float)
+        if mean.shape != center.shape or mean.ndim != 1 or not mean.size:
+            raise ConfigError(f"OutputSpread: mean_out and center_out must be equal-length 1-d, got {mean.shape} "
+                              f"and {center.shape}")
+        if not (np.isfinite(mean).all() and np.isfinite(center).all() and (mean > 0).all() and (center > 0).all()):
+            raise ConfigError(f"OutputSpread: lengths must be finite and > 0, got mean {mean.tolist()}, "
+                              f"centre {center.tolist()}")
+        sigma = np.sqrt(2.0 * np.log(np.maximum(mean / center, 1.0)))
+        mu, sigma = np.log(center), np.clip(sigma, *sigma_range)
+        mu.setflags(write=False)
+        sigma.setflags(write=False)
+        return cls(mu, sigma)
+
+    def quantile(self, q: float = 0.99) -> np.ndarray:
+        """Output tokens at quantile ``q`` of each type (``q`` = 0.99 only; the proxy's tail)."""
+        if q != 0.99:
+            raise ConfigError(f"OutputSpread.quantile: only q = 0.99 is supported, got {q!r}")
+        return np.exp(self.mu + Z99 * self.sigma)
+
+
+# --------------------------------------------------------------------------- one replica
+
+
+def replica_latency(config: ReplicaConfig, engine: EngineConfig, rates_rps: np.ndarray, input_tokens: np.ndarray,
+                    output_tokens: np.ndarray, iterations: int = 30) -> tuple[float, np.ndarray]:
+    """(TPOT s, TTFT s per type) of one replica of ``config`` serving ``rates_rps[j]`` of each type (module doc).
+
+    ``inf`` everywhere when it saturates; ``(0, zeros)`` when it serves nothing.
+    """
+    x = np.asarray(rates_rps, dtype=float)
+    inp, out = np.maximum(np.asarray(input_tokens, float), 1.0), np.maximum(np.asarray(output_tokens, float), 1.0)
+    if x.shape != inp.shape or x.shape != out.shape:
+        raise ConfigError(f"replica_latency: rates, input_tokens and output_tokens must have one entry per type, got "
+                          f"shapes {x.shape}, {inp.shape}, {out.shape}")
+    J = x.size
+    if not x.sum() > 0:
+        return 0.0, np.zeros(J)
+    perf = config.perf()
+    budget = int(engine.max_num_batched_tokens)
+    prompt_rate = float((x * inp).sum())
+    e_in = float((x * inp * inp).sum() / prompt_rate)  # prompt-token-weighted prompt length
+    decode_rate = float((x * out).sum())
+    ctx_per_seq = float((x * out * (inp + out / 2.0)).sum() / decode_rate)  # KV a decoding sequence attends to
+    kv_per_seq = float((x * out * (inp + KV_OUTPUT_SHARE * out)).sum() / decode_rate)
+    b_max = min(float(engine.max_num_seqs), perf.kv_capacity_tokens(engine) / kv_per_seq)
+    sat = (math.inf, np.full(J, math.inf))
+    tpot = perf.decode_s(1, max(int(ctx_per_seq), 1))
+    t_chunk = d = 0.0
+    f = 0.0
+    for _ in range(iterations):
+        b_seqs = decode_rate * tpot
+        if b_seqs > b_max:
+            return sat
+        b = max(int(round(b_seqs)), 1)
+        chunk = max(budget - b, 1)
+        ctx = int(b_seqs * ctx_per_seq)
+        t_chunk = perf.iteration_s_agg(budget, b + 1, chunk * (min(e_in, budget) + 1) / 2.0, b, ctx)
+        d = perf.iteration_s_agg(b, b, 0.0, b, ctx)
+        f = prompt_rate * t_chunk / chunk
+        if f >= 1.0:
+            return sat
+        new = 1.0 / (f / t_chunk + (1.0 - f) / d)
+        if abs(new - tpot) <= 1e-7:
+            tpot = new
+            break
+        tpot = 0.5 * (tpot + new)  # damped: B grows with TPOT and TPOT with B
+    per_token = t_chunk / max(budget - max(int(round(decode_rate * tpot)), 1), 1)
+    wait = f / (1.0 - f) * per_token * e_in / 2.0
+    return float(tpot), wait + inp * per_token
+
+
+# --------------------------------------------------------------------------- the mixture's p99
+
+
+def p99_e2e_s(share: np.ndarray, ttft_s: np.ndarray, tpot_s: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+              q: float = 0.99) -> float:
+    """Quantile ``q`` of E2E over (replica, type) cells: a share ``share`` of the requests, TTFT ``ttft_s``,
+    TPOT ``tpot_s`` and log-normal outputs (``mu``, ``sigma``) per cell (flat arrays of equal length)."""
+    w = np.asarray(share, dtype=float)
+    tt, tp = np.asarray(ttft_s, dtype=float), np.asarray(tpot_s, dtype=float)
+    mu, sg = np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float)
+    keep = w > 0
+    if not keep.any():
+        return 0.0
+    w, tt, tp, mu, sg = w[keep] / w[keep].sum(), tt[keep], tp[keep], mu[keep], sg[keep]
+    if not (np.isfinite(tt).all() and np.isfinite(tp).all()):
+        return math.inf
+    tail = 1.0 - q
+    tp = np.maximum(tp, 1e-9)
+
+    def exceed(latency_s: float) -> float:
+        room = (latency_s - tt) / tp  # output tokens that still finish within latency_s
+        z = (np.log(np.maximum(room, 1e-12)) - mu) / sg
+        return float((w * np.where(room > 0, 1.0 - ndtr(z), 1.0)).sum())
+
+    lo, hi = 0.0, float((tt + tp * np.exp(mu + 5.0 * sg)).max())
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if exceed(mid) > tail else (lo, mid)
+        if hi - lo <= 1e-4 * hi:
+            break
+    return hi
+
+
+class LatencyModel:
+    """The p99 proxy for dispatches over replicas of ``configs`` (memoised per (config, rates))."""
+
+    def __init__(self, engine: EngineConfig, type_lengths: np.ndarray, spread: OutputSpread):
+        tl = np.asarray(type_lengths, dtype=float)
+        if tl.ndim != 2 or tl.shape[1] != 2 or tl.shape[0] != spread.mu.size:
+            raise ConfigError(f"LatencyModel: type_lengths must be [types={spread.mu.size}, 2] (input, output), "
+                              f"got shape {tl.shape}")
+        self.engine, self.spread = engine, spread
+        self.inp, self.out = np.maximum(tl[:, 0], 1.0), np.maximum(tl[:, 1], 1.0)
+        self._memo: dict[tuple, tuple[float, np.ndarray]] = {}
+
+    def replica(self, config: ReplicaConfig, rates_rps: np.ndarray) -> tuple[float, np.ndarray]:
+        key = (config, tuple(np.round(np.asarray(rates_rps, float), 6)))
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) > 50_000:
+                self._memo.clear()
+            hit = self._memo[key] = replica_latency(config, self.engine, np.asarray(rates_rps, float), self.inp,
+                                                    self.out)
+        return hit
+
+    def p99_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray, counts: Sequence[int] | None = None) -> float:
+        """Proxy p99 E2E when each replica of row ``k`` (``counts[k]`` replicas of ``configs[k]``, default 1)
+        serves ``x_rps[k, j]`` requests/s of type ``j``."""
+        x = np.asarray(x_rps, dtype=float)
+        if x.shape != (len(configs), self.inp.size):
+            raise ConfigError(f"LatencyModel.p99_s: x must be [rows={len(configs)}, types={self.inp.size}], "
+                              f"got {x.shape}")
+        cnt = np.ones(len(configs)) if counts is None else np.asarray(counts, dtype=float)
+        if cnt.shape != (len(configs),) or (cnt < 0).any():
+            raise ConfigError(f"LatencyModel.p99_s: counts must be {len(configs)} values >= 0, got {counts!r}")
+        share, tt, tp, mu, sg = [], [], [], [], []
+        for k, c in enumerate(configs):
+            if not (x[k].sum() > 0 and cnt[k] > 0):
+                continue
+            tpot, ttft = self.replica(c, x[k])
+            for j in np.flatnonzero(x[k] > 0):
+                share.append(x[k, j] * cnt[k])
+                tt.append(ttft[j])
+                tp.append(tpot)
+                mu.append(self.spread.mu[j])
+                sg.append(self.spread.sigma[j])
+        return p99_e2e_s(np.array(share), np.array(tt), np.array(tp), np.array(mu), np.array(sg))
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def tail_order(spread: OutputSpread) -> np.ndarray:
+    """Type ids, longest tail output (log-normal p99) first: the order in which types join the decode side."""
+    return np.argsort(-spread.quantile(0.99), kind="stable")
+
+
+def partition_candidates(counts: Sequence[int], order: Sequence[int],
+                         demanded: np.ndarray) -> Iterator[tuple[np.ndarray, tuple[int, ...]]]:
+    """Every partition of types and replicas into two sides (module doc).
+
+    Yields ``(side0, split)``: ``side0[j]`` marks the types of side 0 (the ``t`` first of ``order``, which
+    is ``tail_order``: the decode-heavy types), ``split[g]`` how many of the ``counts[g]`` replicas of
+    config group ``g`` are on side 0. ``demanded`` marks the types with demand: a type split that leaves a
+    side without any is skipped, as are splits that leave a side without replicas.
+    """
+    counts = [int(c) for c in counts]
+    J = len(order)
+    demanded = np.asarray(demanded, dtype=bool)
+    ranges = [range(c + 1) for c in counts]
+    total = math.prod(len(r) for r in ranges)
+    if total > MAX_SPLITS:  # thin the biggest groups to about MAX_SPLITS combinations (large clusters only)
+        per = max(2, int(MAX_SPLITS ** (1.0 / len(counts))))
+        ranges = [sorted(set(np.linspace(0, c, min(c + 1, per)).round().astype(int).tolist())) for c in counts]
+    for t in range(1, J):
+        side0 = np.zeros(J, dtype=bool)
+        side0[np.asarray(order[:t])] = True
+        if not (side0 & demanded).any() or not (~side0 & demanded).any():
+            continue
+        for split in itertools.product(*ranges):
+            on0 = sum(split)
+            if on0 == 0 or on0 == sum(counts):
+                continue
+            yield side0, tuple(split)
+
+
+__all__ = ["LatencyModel", "OutputSpread", "Z99", "p99_e2e_s", "partition_candidates", "replica_latency", "tail_order"]
