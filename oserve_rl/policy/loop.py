@@ -19,7 +19,6 @@ agents are measured on identical footing.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,32 +28,12 @@ import numpy as np
 from oserve_rl.cluster import Deployment, SwitchCosts, load_switch_costs
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy.base import ClusterState, Decision, Policy, PolicyContext, ReplicaState
+from oserve_rl.policy.forecasting import predict_one_thread
 from oserve_rl.policy.scenario import MINUTE_S, EpisodeData, counts_per_minute
 from oserve_rl.sim import metrics
 from oserve_rl.sim.requests import STATUS_COMPLETED
 from oserve_rl.sim.router import Router, make_router
 from oserve_rl.sim.simulator import ClusterSimulator, SimResult
-
-
-def _predict_one_thread(forecaster: Any, history: np.ndarray) -> np.ndarray:
-    """``forecaster.predict(history)`` with torch limited to one intra-op thread for the call.
-
-    One window is far too small to split across threads: with torch's default
-    pool on a busy 2-core machine the LSTM cost ~15 ms of CPU per call (threads
-    spinning) against ~0.7 ms on one thread, with identical outputs. The
-    caller's thread setting is restored, so training code keeps its own.
-    """
-    torch = sys.modules.get("torch")  # only a forecaster that imported torch can be using its thread pool
-    if torch is None:
-        return forecaster.predict(history)
-    n = torch.get_num_threads()
-    if n == 1:
-        return forecaster.predict(history)
-    torch.set_num_threads(1)
-    try:
-        return forecaster.predict(history)
-    finally:
-        torch.set_num_threads(n)
 
 
 class Forecaster(Protocol):
@@ -146,7 +125,7 @@ class ControlLoop:
         # The history is a prefix of the episode's fixed counts, so its length identifies it.
         cached = self._forecast_memo.get(len(hist))
         if cached is None:
-            cached = np.maximum(np.asarray(_predict_one_thread(self.forecaster, hist), dtype=float), 0.0) / MINUTE_S
+            cached = np.maximum(np.asarray(predict_one_thread(self.forecaster, hist), dtype=float), 0.0) / MINUTE_S
             self._forecast_memo[len(hist)] = cached
         return cached.copy()
 
