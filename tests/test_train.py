@@ -90,3 +90,14 @@ def test_bad_config_key_is_one_clear_error(tmp_path):
     r = _train(tmp_path, {**TINY, "total_step": 10})
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "total_steps" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_train_config_validates(path):
+    from oserve_rl.envs.config import make_config
+    from oserve_rl.train.config import load_train_config
+
+    cfg = load_train_config(path)
+    assert cfg.total_steps > 0
+    make_config(cfg.env)  # the env options are valid Deploy-v0 options too
