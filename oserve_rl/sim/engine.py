@@ -336,22 +336,68 @@ class ReplicaEngine:
                 return
             self._materialize()
         T = self._clock
-        bs = self.block_size
-        pool = self.pool
-        free_cached = pool.free_cached
-        running = self.running
-        budget = self.token_budget
-        prefix = self.prefix_caching
         sched: list[_Req] = []
         sched_n: list[int] = []
-        num_tokens = 0
-        pairs = 0.0
-        d_seqs = 0
-        d_ctx = 0
-        preempted = False
 
         # 1. running requests, in admission order
-        i = 0
+        budget, num_tokens, pairs, d_seqs, d_ctx, preempted = self._schedule_running(
+            0, self.token_budget, 0, 0.0, 0, 0, sched, sched_n)
+
+        # 2. waiting requests, FCFS, only if nobody was preempted this iteration
+        if not preempted:
+            budget, num_tokens, pairs, d_seqs, d_ctx = self._admit_waiting(T, budget, num_tokens, pairs, d_seqs,
+                                                                           d_ctx, sched, sched_n)
+
+        if not sched:
+            raise RuntimeError(
+                f"replica {self.replica_id}: iteration at t={T} scheduled nothing "
+                f"({len(self.running)} running, {len(self.waiting)} waiting, {self.pool.num_free} free blocks)"
+            )
+
+        # 3. run it
+        T_end = T + self._iter_s(num_tokens, len(sched), pairs, d_seqs, d_ctx)
+        self._rate_tok_s = num_tokens / (T_end - T) if T_end > T else self._rate_tok_s
+        self._clock = T_end
+        self._outstanding -= num_tokens
+        self.num_iterations += 1
+        self.num_exact_steps += 1
+        finished = self._advance_scheduled(T_end, sched, sched_n)
+        if finished:
+            self._finish_done(T_end)
+        if self.fast and len(self.running) >= GROUP_MIN_BATCH:
+            self._join()
+
+    def _advance_scheduled(self, T_end: float, sched: list[_Req], sched_n: list[int]) -> bool:
+        """Apply a finished iteration to the requests it scheduled: a chunk that reaches the end of the
+        known tokens samples one output token (the first one sets TTFT). True if one has all its outputs."""
+        finished = False
+        rec = self.rec
+        for r, n in zip(sched, sched_n):
+            c = r.computed + n
+            r.computed = c
+            if c == r.prompt + r.n_out:
+                r.n_out += 1
+                r.decoding = True
+                if r.n_out == 1:
+                    rec.first_token_s[r.rid] = T_end
+                if r.n_out >= r.out:
+                    finished = True
+        return finished
+
+    def _schedule_running(self, i: int, budget: int, num_tokens: int, pairs: float, d_seqs: int, d_ctx: int,
+                          sched: list[_Req], sched_n: list[int]) -> tuple[int, int, float, int, int, bool]:
+        """Rule 1: running requests from index ``i``, in admission order, while the token budget lasts.
+
+        Each takes its next chunk (one token when decoding, up to the budget when prefilling). A chunk that
+        needs KV blocks the pool does not have preempts from the back of ``running`` (recompute), possibly
+        the request itself, which then ends the loop. Returns the updated (budget, num_tokens, pairs, d_seqs,
+        d_ctx) of the iteration being built and whether anything was preempted.
+        """
+        running = self.running
+        pool = self.pool
+        free_cached = pool.free_cached
+        bs = self.block_size
+        preempted = False
         while i < len(running) and budget > 0:
             r = running[i]
             c = r.computed
@@ -387,41 +433,7 @@ class ReplicaEngine:
             num_tokens += n
             budget -= n
             i += 1
-
-        # 2. waiting requests, FCFS, only if nobody was preempted this iteration
-        if not preempted:
-            budget, num_tokens, pairs, d_seqs, d_ctx = self._admit_waiting(T, budget, num_tokens, pairs, d_seqs,
-                                                                           d_ctx, sched, sched_n)
-
-        if not sched:
-            raise RuntimeError(
-                f"replica {self.replica_id}: iteration at t={T} scheduled nothing "
-                f"({len(running)} running, {len(self.waiting)} waiting, {pool.num_free} free blocks)"
-            )
-
-        # 3. run it
-        T_end = T + self._iter_s(num_tokens, len(sched), pairs, d_seqs, d_ctx)
-        self._rate_tok_s = num_tokens / (T_end - T) if T_end > T else self._rate_tok_s
-        self._clock = T_end
-        self._outstanding -= num_tokens
-        self.num_iterations += 1
-        self.num_exact_steps += 1
-        finished = False
-        rec = self.rec
-        for r, n in zip(sched, sched_n):
-            c = r.computed + n
-            r.computed = c
-            if c == r.prompt + r.n_out:
-                r.n_out += 1
-                r.decoding = True
-                if r.n_out == 1:
-                    rec.first_token_s[r.rid] = T_end
-                if r.n_out >= r.out:
-                    finished = True
-        if finished:
-            self._finish_done(T_end)
-        if self.fast and len(self.running) >= GROUP_MIN_BATCH:
-            self._join()
+        return budget, num_tokens, pairs, d_seqs, d_ctx, preempted
 
     def _admit_waiting(self, T: float, budget: int, num_tokens: int, pairs: float, d_seqs: int, d_ctx: int,
                        sched: list[_Req], sched_n: list[int]) -> tuple[int, int, float, int, int]:
@@ -589,32 +601,9 @@ class ReplicaEngine:
         pairs = 0.0
         sched: list[_Req] = []
         sched_n: list[int] = []
-        i = gm
-        while i < nrun and budget > 0:
-            r = running[i]
-            c = r.computed
-            n = r.prompt + r.n_out - c
-            if n > budget:
-                n = budget
-            need = (c + n + bs - 1) // bs - r.n_blocks
-            if need > 0:
-                pool.allocate(need)
-                r.n_blocks += need
-            if r.keys is not None and r.n_reg < len(r.keys):
-                end = min(len(r.keys), (c + n) // bs)
-                if end > r.n_reg:
-                    pool.register(r.keys, r.n_reg, end, r.held)
-                    r.n_reg = end
-            if r.decoding:
-                d_seqs += 1
-                d_ctx += c
-            else:
-                pairs += n * (c + (n + 1) * 0.5)
-            sched.append(r)
-            sched_n.append(n)
-            num_tokens += n
-            budget -= n
-            i += 1
+        # The rest of running (checked above: their allocations fit, so nothing is preempted).
+        budget, num_tokens, pairs, d_seqs, d_ctx, _ = self._schedule_running(
+            gm, budget, num_tokens, pairs, d_seqs, d_ctx, sched, sched_n)
 
         # 2. waiting (nobody was preempted)
         if self.waiting:
@@ -631,18 +620,7 @@ class ReplicaEngine:
         self.num_group_steps += 1
         G += 1
         self._G = G
-        finished = self._g_heap[0][0] <= G
-        rec = self.rec
-        for r, n in zip(sched, sched_n):
-            c = r.computed + n
-            r.computed = c
-            if c == r.prompt + r.n_out:
-                r.n_out += 1
-                r.decoding = True
-                if r.n_out == 1:
-                    rec.first_token_s[r.rid] = T_end
-                if r.n_out >= r.out:
-                    finished = True
+        finished = self._advance_scheduled(T_end, sched, sched_n) or self._g_heap[0][0] <= G
         if finished:
             self._finish_done(T_end)
         if len(self.running) > self._gm:
