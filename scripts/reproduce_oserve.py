@@ -65,6 +65,7 @@ from oserve_rl.catalog import ClusterSpec, NodeGroup, get_cluster, get_model
 from oserve_rl.cluster import enumerate_replica_configs
 from oserve_rl.errors import OServeError
 from oserve_rl.evaluation import EvalTable, evaluate
+from oserve_rl.evaluation.plots import save_figure
 from oserve_rl.policy import ControlLoop, Scenario, counts_per_minute
 from oserve_rl.policy.forecasting import bundled_lstm_dir, load_forecaster
 from oserve_rl.sched import (
@@ -650,10 +651,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
         ax.set_title("Spatial skew")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(img / "oserve_skew.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_figure(plt, fig, img / "oserve_skew.png"))
     shift = results.get("shift", [])
     if shift:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -668,10 +666,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
         ax.set_title("Temporal shift")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(img / "oserve_shift.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_figure(plt, fig, img / "oserve_shift.png"))
     sched = results.get("sched", [])
     if sched:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -691,10 +686,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
         ax.set_title("Scheduler time vs cluster size")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(img / "oserve_sched.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_figure(plt, fig, img / "oserve_sched.png"))
     main = results.get("main", [])
     if main:
         names = [n for n in ("vllm_static", "llumnix", "threshold_autoscaler", "vllm_reload", "oserve", "oserve_oracle")
@@ -710,10 +702,7 @@ def plots(results: dict[str, Any], img: Path) -> list[Path]:
         ax.set_title(f"{CLUSTER}, load at the knee")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        written.append(img / "oserve_main.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_figure(plt, fig, img / "oserve_main.png"))
     return written
 
 

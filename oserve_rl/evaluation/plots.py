@@ -20,7 +20,8 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save_figure(plt, fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``; the one way every plot here and in scripts/ is saved."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -49,7 +50,7 @@ def latency_cdfs(table: Any, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     trace = getattr(table.scenario.trace, "name", table.scenario.trace)
     fig.suptitle(f"{table.scenario.model} on {table.scenario.cluster}, {trace} (seed {table.seeds[0]})")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def p99_over_time(table: Any, path: Path) -> Path:
@@ -68,7 +69,7 @@ def p99_over_time(table: Any, path: Path) -> Path:
     ax.set_ylabel("p99 E2E of requests finishing in the interval (s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)
 
 
 def deployment_timeline(table: Any, path: Path) -> Path:
@@ -90,4 +91,4 @@ def deployment_timeline(table: Any, path: Path) -> Path:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("time (min)")
     ax.set_title("deployment over time (one colour per deployment)")
-    return _save(plt, fig, path)
+    return save_figure(plt, fig, path)

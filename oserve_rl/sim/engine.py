@@ -751,8 +751,15 @@ class ReplicaEngine:
             nb = (c + bs - 1) // bs
             alloc += nb - r.n_blocks
             r.n_blocks = nb
+        self._commit_jump(k, k_done, nd, ctx, base, per, alloc)
+        return True
+
+    def _commit_jump(self, k: int, k_done: int, nd: int, ctx: int, base: float, per: float, alloc: int) -> None:
+        """Book ``k`` decode steps of ``nd`` sequences (total context ``ctx`` at the start) whose fields are
+        already advanced: ``alloc`` new KV blocks, the clock by the closed-form sum of the step times."""
         if alloc:
-            pool.allocate(alloc)
+            self.pool.allocate(alloc)
+        T = self._clock
         T_end = T + k * base + per * (k * ctx + nd * k * (k - 1) * 0.5)
         self._rate_tok_s = nd * k / (T_end - T) if T_end > T else self._rate_tok_s
         self._clock = T_end
@@ -761,9 +768,7 @@ class ReplicaEngine:
         self.num_fast_jumps += 1
         if k == k_done:
             self._finish_done(T_end)
-        return True
 
-    # ----------------------------------------------------------- invariants
     def _group_jump(self, t_s: float) -> bool:
         """``_fast_jump`` when every running request is in the decode group: O(1) but for the block count."""
         nd = self._gm
@@ -806,24 +811,12 @@ class ReplicaEngine:
                     return False
                 alloc = -1
         if alloc < 0:
-            alloc = 0
-            for key, h in self._g_hist.items():  # _group_blocks(k), inlined: the hot path
-                dd = -(key + G) % bs
-                if dd < k:
-                    alloc += h * ((k - 1 - dd) // bs + 1)
+            alloc = self._group_blocks(k)
         self._G = G + k
-        if alloc:
-            pool.allocate(alloc)
-        T_end = T + k * base + per * (k * ctx + nd * k * (k - 1) * 0.5)
-        self._rate_tok_s = nd * k / (T_end - T) if T_end > T else self._rate_tok_s
-        self._clock = T_end
-        self._outstanding -= nd * k
-        self.num_iterations += k
-        self.num_fast_jumps += 1
-        if k == k_done:
-            self._finish_done(T_end)
+        self._commit_jump(k, k_done, nd, ctx, base, per, alloc)
         return True
 
+    # ----------------------------------------------------------- invariants
     def check_invariants(self) -> None:
         """KV accounting adds up and never exceeds capacity (for tests)."""
         self._materialize()  # members' fields are derived while grouped; the checks read them
