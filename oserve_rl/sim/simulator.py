@@ -63,11 +63,8 @@ _PLAN_CACHE_MAX = 4096
 
 
 def _plan_switch_cached(old: Deployment, new: Deployment, costs: SwitchCosts):
-    key = (old, new, costs)
-    try:
-        plan = _PLAN_CACHE.get(key)
-    except TypeError:  # an unhashable field somewhere: plan it every time
-        return plan_switch(old, new, costs)
+    key = (old, new, costs)  # frozen dataclasses and a frozen pydantic model: hashable by value
+    plan = _PLAN_CACHE.get(key)
     if plan is None:
         if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
             _PLAN_CACHE.clear()
@@ -171,11 +168,8 @@ class ClusterSimulator:
         self._refresh_views()
         self.timeline.append((start_s, deployment.spec_string()))
 
-    @property
-    def views(self) -> list[Any]:
-        return [r if r is not None else _NOT_READY for r in self.replicas]
-
     def _refresh_views(self) -> None:
+        # What routers see: the engines, a not-ready stand-in where a replica is still loading.
         self._views = [r if r is not None else _NOT_READY for r in self.replicas]
 
     def _push(self, t: float, kind: str, payload: Any) -> None:
