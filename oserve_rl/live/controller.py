@@ -440,9 +440,7 @@ class ArrivalBook:
             return np.array(self.prior_rps, dtype=float)
         if forecaster is None:
             return hist[-1] / 60.0
-        from oserve_rl.policy.forecasting import predict_one_thread
-
-        return np.maximum(np.asarray(predict_one_thread(forecaster, hist), dtype=float), 0.0) / 60.0
+        return np.maximum(np.asarray(forecaster.predict(hist), dtype=float), 0.0) / 60.0
 
     def state(self, now_s: float, step: int, *, forecaster: Any, deployment: Any = None,
               replicas: tuple[Any, ...] = (), switch_in_progress: bool = False,

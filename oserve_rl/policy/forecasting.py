@@ -8,7 +8,6 @@ ServeGen by ``python -m oserve_rl forecast train``), ``"ewma"``, ``"last"``,
 
 from __future__ import annotations
 
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,24 +38,3 @@ def load_forecaster(spec: Any) -> Any:
     if Path(s).exists():
         return load_predictor(s)
     return make_predictor(s)
-
-
-def predict_one_thread(forecaster: Any, history: Any) -> Any:
-    """``forecaster.predict(history)`` with torch limited to one intra-op thread for the call.
-
-    One window is far too small to split across threads: with torch's default
-    pool on a busy 2-core machine the LSTM cost ~15 ms of CPU per call (threads
-    spinning) against ~0.7 ms on one thread, with identical outputs. The
-    caller's thread setting is restored, so training code keeps its own.
-    """
-    torch = sys.modules.get("torch")  # only a forecaster that imported torch can be using its thread pool
-    if torch is None:
-        return forecaster.predict(history)
-    n = torch.get_num_threads()
-    if n == 1:
-        return forecaster.predict(history)
-    torch.set_num_threads(1)
-    try:
-        return forecaster.predict(history)
-    finally:
-        torch.set_num_threads(n)

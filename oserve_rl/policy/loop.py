@@ -28,7 +28,6 @@ import numpy as np
 from oserve_rl.cluster import Deployment, SwitchCosts, load_switch_costs
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy.base import ClusterState, Decision, Policy, PolicyContext, ReplicaState
-from oserve_rl.policy.forecasting import predict_one_thread
 from oserve_rl.policy.scenario import MINUTE_S, EpisodeData, counts_per_minute
 from oserve_rl.sim import metrics
 from oserve_rl.sim.requests import STATUS_COMPLETED
@@ -125,7 +124,7 @@ class ControlLoop:
         # The history is a prefix of the episode's fixed counts, so its length identifies it.
         cached = self._forecast_memo.get(len(hist))
         if cached is None:
-            cached = np.maximum(np.asarray(predict_one_thread(self.forecaster, hist), dtype=float), 0.0) / MINUTE_S
+            cached = np.maximum(np.asarray(self.forecaster.predict(hist), dtype=float), 0.0) / MINUTE_S
             self._forecast_memo[len(hist)] = cached
         return cached.copy()
 
