@@ -387,3 +387,39 @@ def test_decode_group_is_used_and_bit_identical_under_preemption(perf70, monkeyp
     assert sum(e.num_group_steps for e in eng_g) > 100 and sum(e.num_group_steps for e in eng_p) == 0
     assert rec_g.preemptions.sum() > 0 and rec_g.cached_tokens.sum() > 0
     assert [e.num_iterations for e in eng_g] == [e.num_iterations for e in eng_p]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_property_outstanding_tokens_at_is_exact_without_moving_the_engine(perf70, scenario):
+    """What least-work routers read at an arrival: the closed form equals advancing a copy of the engine there."""
+    import copy
+
+    arrival, inp, out, hashes, cfg, kv_tokens, replicas = scenario
+    perf = SmallKV(perf70, kv_tokens)
+    rec = RequestRecorder(arrival, inp, out, hashes, 128 if hashes is not None else None)
+    engines = [ReplicaEngine(perf, cfg, mode="fast", recorder=rec, replica_id=i) for i in range(replicas)]
+    for rid, t in enumerate(rec.arrival_s.tolist()):
+        for eng in engines:
+            ref = copy.deepcopy(eng, memo={id(perf): perf})
+            ref.advance_to(t)
+            assert eng.outstanding_tokens_at(t) == ref.outstanding_tokens
+        engines[rid % replicas].add_request(rid, t)
+    for eng in engines:
+        eng.advance_to(math.inf)
+        eng.check_invariants()
+    assert np.isin(rec.status, (STATUS_COMPLETED, STATUS_REJECTED)).all()
+
+
+def test_outstanding_tokens_at_leaves_a_decoding_batch_where_it_is(perf70):
+    rec = recorder([100] * 20, [300] * 20, arrival=[0.0] * 20)
+    eng = ReplicaEngine(perf70, EngineConfig(), mode="fast", recorder=rec)
+    for rid in range(20):
+        eng.add_request(rid, 0.0)
+    eng.advance_to(1.0)  # prefills done, 20 sequences decoding
+    clock, out = eng.busy_until_s, eng.outstanding_tokens
+    later = eng.outstanding_tokens_at(clock + 2.0)
+    assert eng.busy_until_s == clock and eng.outstanding_tokens == out  # read, not run
+    assert later < out and (out - later) % 20 == 0
+    eng.advance_to(clock + 2.0)
+    assert eng.outstanding_tokens == later

@@ -164,6 +164,24 @@ class ReplicaEngine:
         """Tokens still to compute (prefill, recompute and decode) for every request here."""
         return self._outstanding
 
+    def outstanding_tokens_at(self, t_s: float) -> int:
+        """``outstanding_tokens`` once every iteration that starts before ``t_s`` has run: what a
+        least-work router compares at an arrival at ``t_s``.
+
+        In fast mode, while the batch stays a fixed set of decodes up to ``t_s`` (no completion, admission
+        or KV shortage before it), that is a closed form and the engine is left where it is: it covers the
+        stretch later in one jump instead of stopping at every arrival routed elsewhere. Otherwise the
+        engine is advanced to ``t_s``. Either way the number is exact.
+        """
+        if self._clock >= t_s or not (self.running or self.waiting):
+            return self._outstanding
+        if self.fast:
+            k = self._decode_steps_before(t_s)
+            if k >= 0:
+                return self._outstanding - len(self.running) * k
+        self.advance_to(t_s)
+        return self._outstanding
+
     def estimated_outstanding_tokens(self, t_s: float) -> float:
         """``outstanding_tokens`` at ``t_s`` without simulating up to it (O(1)).
 
@@ -768,6 +786,53 @@ class ReplicaEngine:
         self.num_fast_jumps += 1
         if k == k_done:
             self._finish_done(T_end)
+
+    def _decode_steps_before(self, t_s: float) -> int:
+        """Decode iterations that start before ``t_s`` if the batch stays fixed until then, else -1.
+
+        The conditions are ``_fast_jump``'s (no admission, no completion before the last of them, every KV
+        block they need free) without changing anything; -1 sends the caller to ``advance_to``.
+        """
+        running = self.running
+        nd = len(running)
+        gm = self._gm
+        if nd == 0 or nd > self.token_budget or 0 < gm < nd:
+            return -1
+        pool = self.pool
+        cap = pool.free_anon + len(pool.free_cached)
+        if self.waiting:
+            budget_left = self.token_budget - nd
+            if nd < self.max_num_seqs and budget_left > 0:
+                if self._admission_plan(self.waiting[0], budget_left) is not None:
+                    return -1
+                cap = pool.free_anon  # see _fast_jump
+        if gm:
+            G = self._G
+            k_done = self._g_heap[0][0] - G
+            ctx = self._g_csum + nd * G
+        else:
+            k_done = 1 << 62
+            ctx = 0
+            for r in running:
+                if not r.decoding:
+                    return -1
+                rem = r.out - r.n_out
+                if rem < k_done:
+                    k_done = rem
+                ctx += r.computed
+        base, per = self._coeff(nd)
+        k = _steps_starting_before(self._clock, t_s, base, per, nd, ctx)
+        if k > k_done:
+            return -1
+        bs = self.block_size
+        if nd * ((k + bs - 1) // bs) > cap:
+            if gm:
+                alloc = self._group_blocks(k)
+            else:
+                alloc = sum((r.computed + k + bs - 1) // bs - r.n_blocks for r in running)
+            if alloc > cap:
+                return -1
+        return k
 
     def _group_jump(self, t_s: float) -> bool:
         """``_fast_jump`` when every running request is in the decode group: O(1) but for the block count."""

@@ -1,8 +1,8 @@
 """Request routers: pick the replica that gets each arriving request.
 
 A router sees the replicas as ``ReplicaView``s (anything with
-``outstanding_tokens``, ``num_waiting``, ``num_running`` and ``accepting``) in
-deployment order and returns an index, or ``None`` when no replica accepts
+``outstanding_tokens_at(t_s)``, ``num_waiting``, ``num_running`` and
+``accepting``) in deployment order and returns an index, or ``None`` when no replica accepts
 (all draining or starting): the simulator then queues the request at the
 router and retries later, so a request is never dropped.
 
@@ -25,19 +25,24 @@ from oserve_rl.errors import ConfigError, UnknownNameError
 
 @runtime_checkable
 class ReplicaView(Protocol):
-    outstanding_tokens: int
     num_waiting: int
     num_running: int
     accepting: bool
+
+    def outstanding_tokens_at(self, t_s: float) -> int:
+        """Prefill and decode tokens still to compute once the replica has reached ``t_s``."""
+        ...
 
 
 class Router(ABC):
     """Base class. ``reset()`` forgets per-run state (cursors, credits)."""
 
     name: str = "router"
-    # Whether choose() reads replica load. If not, the simulator skips bringing
-    # every replica up to the arrival time before asking (the main per-request cost).
-    needs_load: bool = True
+    # Whether choose() reads replica state that is only current once the replica has run up to the
+    # arrival (queue, batch, KV). The simulator then brings every replica up to the arrival before asking,
+    # the main per-request cost. Outstanding work needs no such thing: outstanding_tokens_at(now_s).
+    needs_load: bool = False
+    now_s: float = 0.0  # the arrival being routed; set by the simulator
 
     @abstractmethod
     def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
@@ -46,16 +51,14 @@ class Router(ABC):
     def reset(self) -> None:
         pass
 
-    def load_subset(self, req_type: int) -> Sequence[int] | None:
-        """Replicas whose load ``choose`` reads for this type (None: all); only those are brought up to date."""
-        return None
 
-
-def _least_work(replicas: Sequence[ReplicaView]) -> int | None:
+def _least_work(replicas: Sequence[ReplicaView], now_s: float) -> int | None:
     best, best_tokens = None, None
     for i, r in enumerate(replicas):
-        if r.accepting and (best_tokens is None or r.outstanding_tokens < best_tokens):
-            best, best_tokens = i, r.outstanding_tokens
+        if r.accepting:
+            tokens = r.outstanding_tokens_at(now_s)
+            if best_tokens is None or tokens < best_tokens:
+                best, best_tokens = i, tokens
     return best
 
 
@@ -63,7 +66,6 @@ class RoundRobinRouter(Router):
     """Cycles through replicas in index order, skipping those not accepting."""
 
     name = "round_robin"
-    needs_load = False
 
     def __init__(self) -> None:
         self._next = 0
@@ -87,7 +89,7 @@ class LeastOutstandingWorkRouter(Router):
     name = "least_work"
 
     def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
-        return _least_work(replicas)
+        return _least_work(replicas, self.now_s)
 
 
 class WeightedTypeRouter(Router):
@@ -105,7 +107,6 @@ class WeightedTypeRouter(Router):
     """
 
     name = "weighted"
-    needs_load = False  # its least-work fallback (rare: switches) reads load as of each replica's last event
 
     def __init__(self, rates: np.ndarray | Sequence[Sequence[float]]) -> None:
         self.set_rates(rates)
@@ -150,7 +151,7 @@ class WeightedTypeRouter(Router):
                 if best < 0 or credit[k] > best_credit:
                     best, best_credit = k, credit[k]
         if best < 0:
-            return _least_work(replicas)
+            return _least_work(replicas, self.now_s)
         credit[best] -= total
         return best
 
@@ -169,28 +170,19 @@ class WeightedLeastWorkRouter(WeightedTypeRouter):
     """
 
     name = "weighted_least_work"
-    needs_load = True
 
     def __init__(self, rates: np.ndarray | Sequence[Sequence[float]], estimate_load: bool = False) -> None:
-        # estimate_load: read each replica's outstanding work extrapolated from its last event
-        # (ReplicaEngine.estimated_outstanding_tokens, O(1)) instead of simulating every candidate
-        # replica up to each arrival: a third fewer env steps' CPU, but it routes on stale load, and the
-        # least-work router the baselines use reads the exact load. Exact by default, so OServe and the
-        # baselines route on the same information (estimated cost OServe 14 % p99 on llama-2-70b/azure-code).
+        # estimate_load: read each replica's outstanding work extrapolated from its last iteration's token
+        # rate (ReplicaEngine.estimated_outstanding_tokens) instead of the exact outstanding_tokens_at.
+        # Exact by default, so OServe and the baselines' least-work router route on the same information
+        # (the estimate cost OServe 14 % p99 on llama-2-70b/azure-code).
         self.estimate_load = bool(estimate_load)
-        self.needs_load = not self.estimate_load
-        self.now_s = 0.0
         super().__init__(rates)
 
     def set_rates(self, rates: np.ndarray | Sequence[Sequence[float]]) -> None:
         super().set_rates(rates)
         self._subsets = [[k for k, w in enumerate(row) if w > 0] for row in self._rows]
         self._inv = [[(1.0 / w if w > 0 else 0.0) for w in row] for row in self._rows]
-
-    def load_subset(self, req_type: int) -> Sequence[int] | None:
-        if 0 <= req_type < len(self._subsets) and self._subsets[req_type]:
-            return self._subsets[req_type]
-        return None
 
     def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
         if len(replicas) != self._n_rep or not 0 <= req_type < self._n_types:
@@ -201,11 +193,11 @@ class WeightedLeastWorkRouter(WeightedTypeRouter):
         for k in self._subsets[req_type]:
             r = replicas[k]
             if r.accepting:
-                load = r.estimated_outstanding_tokens(now) if est else r.outstanding_tokens
+                load = r.estimated_outstanding_tokens(now) if est else r.outstanding_tokens_at(now)
                 score = (load + 1) * inv[k]
                 if best is None or score < best_score:
                     best, best_score = k, score
-        return best if best is not None else _least_work(replicas)
+        return best if best is not None else _least_work(replicas, self.now_s)
 
 
 class LlumnixRouter(Router):
@@ -218,6 +210,7 @@ class LlumnixRouter(Router):
     """
 
     name = "llumnix"
+    needs_load = True
 
     def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
         best, best_free = None, None

@@ -46,9 +46,11 @@ class _NotReady:
     """Stands in the router's view for a replica that is still loading."""
 
     accepting = False
-    outstanding_tokens = 0
     num_waiting = 0
     num_running = 0
+
+    def outstanding_tokens_at(self, t_s: float) -> int:
+        return 0
 
     def estimated_outstanding_tokens(self, t_s: float) -> float:
         return 0.0
@@ -289,15 +291,13 @@ class ClusterSimulator:
 
     # ------------------------------------------------------------ the loop
     def _dispatch(self, rid: int, t: float, kv_tokens: int = 0) -> None:
-        # Engines move lazily; without this a load-reading router would compare
-        # outstanding work as of each replica's last request, not as of now.
+        # Engines move lazily; without this a router reading queues or KV would see each
+        # replica as of its last request, not as of now (outstanding work it reads at now_s itself).
         router = self.router
         router.now_s = t
         typ = self._types_list[rid]
         if router.needs_load:
-            subset = router.load_subset(typ)
-            engines = self.replicas if subset is None else [self.replicas[k] for k in subset]
-            for eng in engines:
+            for eng in self.replicas:
                 if eng is not None and eng.accepting:
                     eng.advance_to(t)
         i = router.choose(rid, typ, self.rec.input_list[rid], self._views)
