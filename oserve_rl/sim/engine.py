@@ -710,17 +710,9 @@ class ReplicaEngine:
         nd = len(running)
         if nd == 0 or nd > self.token_budget:
             return False
-        pool = self.pool
-        cap = pool.free_anon + len(pool.free_cached)
-        if self.waiting:
-            budget_left = self.token_budget - nd
-            if nd < self.max_num_seqs and budget_left > 0:
-                if self._admission_plan(self.waiting[0], budget_left) is not None:
-                    return False
-                # The head is blocked on KV blocks. It stays blocked while free
-                # blocks only shrink and its prefix hits stay cached, so forbid
-                # evictions inside the jump.
-                cap = pool.free_anon
+        cap = self._decode_cap(nd)
+        if cap < 0:
+            return False
         k_done = 1 << 62
         ctx = 0
         for r in running:
@@ -787,6 +779,21 @@ class ReplicaEngine:
         if k == k_done:
             self._finish_done(T_end)
 
+    def _decode_cap(self, nd: int) -> int:
+        """KV blocks that iterations of ``nd`` decodes and nothing else may allocate, or -1 if the head
+        of the queue would be admitted by the next iteration (so it is not a pure decode)."""
+        pool = self.pool
+        if self.waiting:
+            budget_left = self.token_budget - nd
+            if nd < self.max_num_seqs and budget_left > 0:
+                if self._admission_plan(self.waiting[0], budget_left) is not None:
+                    return -1
+                # The head is blocked on KV blocks. It stays blocked while free
+                # blocks only shrink and its prefix hits stay cached, so forbid
+                # evictions meanwhile.
+                return pool.free_anon
+        return pool.free_anon + len(pool.free_cached)
+
     def _decode_steps_before(self, t_s: float) -> int:
         """Decode iterations that start before ``t_s`` if the batch stays fixed until then, else -1.
 
@@ -798,14 +805,9 @@ class ReplicaEngine:
         gm = self._gm
         if nd == 0 or nd > self.token_budget or 0 < gm < nd:
             return -1
-        pool = self.pool
-        cap = pool.free_anon + len(pool.free_cached)
-        if self.waiting:
-            budget_left = self.token_budget - nd
-            if nd < self.max_num_seqs and budget_left > 0:
-                if self._admission_plan(self.waiting[0], budget_left) is not None:
-                    return -1
-                cap = pool.free_anon  # see _fast_jump
+        cap = self._decode_cap(nd)
+        if cap < 0:
+            return -1
         if gm:
             G = self._G
             k_done = self._g_heap[0][0] - G
@@ -839,14 +841,9 @@ class ReplicaEngine:
         nd = self._gm
         if nd > self.token_budget:
             return False
-        pool = self.pool
-        cap = pool.free_anon + len(pool.free_cached)
-        if self.waiting:
-            budget_left = self.token_budget - nd
-            if nd < self.max_num_seqs and budget_left > 0:
-                if self._admission_plan(self.waiting[0], budget_left) is not None:
-                    return False
-                cap = pool.free_anon  # see _fast_jump
+        cap = self._decode_cap(nd)
+        if cap < 0:
+            return False
         G = self._G
         k_done = self._g_heap[0][0] - G
         if k_done < 2:
