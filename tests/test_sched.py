@@ -380,6 +380,26 @@ def test_p99_proxy_is_the_mixture_quantile():
     assert math.isinf(p99_e2e_s(np.ones(1), np.array([math.inf]), np.array([0.02]), np.zeros(1), np.ones(1)))
 
 
+def test_mean_proxy_and_the_tie_rule_between_plans():
+    from oserve_rl.agents.oserve import TAIL_TIE, Routing, _fastest
+    from oserve_rl.sched.latency import mean_e2e_s
+
+    # mean output of a log-normal = exp(mu + sigma^2 / 2); cells weighted by share
+    assert mean_e2e_s(np.array([3.0, 1.0]), np.array([1.0, 0.0]), np.array([0.1, 0.2]), np.log([100.0, 50.0]),
+                      np.zeros(2)) == pytest.approx((3 * 11.0 + 1 * 10.0) / 4)
+    assert mean_e2e_s(np.ones(1), np.zeros(1), np.ones(1), np.zeros(1), np.array([1.0])) == pytest.approx(math.exp(0.5))
+
+    def r(p99, mean):
+        return Routing(1.0, p99, [], None, None, mean_s=mean)
+
+    # the same tail (p99 within TAIL_TIE): the faster mean wins, whatever the order
+    assert _fastest([r(10.0, 5.0), r(10.0 * (1 + TAIL_TIE / 2), 4.0)]) == 1
+    # a better tail wins over a better mean
+    assert _fastest([r(10.0, 5.0), r(10.0 * (1 + 3 * TAIL_TIE), 1.0)]) == 0
+    # exact ties: the first
+    assert _fastest([r(10.0, 5.0), r(10.0, 5.0)]) == 0
+
+
 def test_partition_candidates_cover_every_split_once():
     from oserve_rl.sched.latency import partition_candidates
 

@@ -193,6 +193,16 @@ def p99_e2e_s(share: np.ndarray, ttft_s: np.ndarray, tpot_s: np.ndarray, mu: np.
     return hi
 
 
+def mean_e2e_s(share: np.ndarray, ttft_s: np.ndarray, tpot_s: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> float:
+    """Mean E2E over the same cells as ``p99_e2e_s`` (log-normal mean output: ``exp(mu + sigma^2 / 2)``)."""
+    w = np.asarray(share, dtype=float)
+    if not (w > 0).any():
+        return 0.0
+    e2e = np.asarray(ttft_s, float) + np.asarray(tpot_s, float) * np.exp(np.asarray(mu, float) + 0.5 * np.asarray(sigma, float) ** 2)
+    keep = w > 0
+    return float((w[keep] * e2e[keep]).sum() / w[keep].sum())
+
+
 class LatencyModel:
     """The p99 proxy for dispatches over replicas of ``configs`` (memoised per (config, rates))."""
 
@@ -218,6 +228,15 @@ class LatencyModel:
     def p99_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray, counts: Sequence[int] | None = None) -> float:
         """Proxy p99 E2E when each replica of row ``k`` (``counts[k]`` replicas of ``configs[k]``, default 1)
         serves ``x_rps[k, j]`` requests/s of type ``j``."""
+        return p99_e2e_s(*self._cells(configs, x_rps, counts))
+
+    def p99_and_mean_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray,
+                       counts: Sequence[int] | None = None) -> tuple[float, float]:
+        """``p99_s`` and the mean E2E of the same mixture (what ranks plans whose tails are served alike)."""
+        cells = self._cells(configs, x_rps, counts)
+        return p99_e2e_s(*cells), mean_e2e_s(*cells)
+
+    def _cells(self, configs, x_rps, counts):
         x = np.asarray(x_rps, dtype=float)
         if x.shape != (len(configs), self.inp.size):
             raise ConfigError(f"LatencyModel.p99_s: x must be [rows={len(configs)}, types={self.inp.size}], "
@@ -236,7 +255,7 @@ class LatencyModel:
                 tp.append(tpot)
                 mu.append(self.spread.mu[j])
                 sg.append(self.spread.sigma[j])
-        return p99_e2e_s(np.array(share), np.array(tt), np.array(tp), np.array(mu), np.array(sg))
+        return np.array(share), np.array(tt), np.array(tp), np.array(mu), np.array(sg)
 
 
 # --------------------------------------------------------------------------- partitions
