@@ -34,6 +34,9 @@ dispatch's proxy plus the ``--prefilter`` best by load scale); ``--check`` rando
 prefilter are also scored fully, and the output says how many of them would have entered the top ``--top``
 (prefilter misses).
 
+Also for the validation windows of configs/train/azure_code.yaml (``--scenarios azure_code.yaml@2.5,
+azure_code.yaml@3.5``): the most any fixed plan gives an agent trained with that config (docs/training.md).
+
     .venv/bin/python scripts/hetero_bound.py --json reports/hetero_bound.json | tee reports/hetero_bound.txt
     .venv/bin/python scripts/hetero_bound.py --scenarios llama-2-70b/azure-code --top 10 --deep 3   # a few minutes
 """
@@ -67,7 +70,7 @@ R = _load_reproduce()
 
 from oserve_rl.agents.oserve import OServe, Routing, shape_of  # noqa: E402
 from oserve_rl.cluster import Deployment, enumerate_deployments  # noqa: E402
-from oserve_rl.policy import ControlLoop, Decision, Policy, counts_per_minute  # noqa: E402
+from oserve_rl.policy import ControlLoop, Decision, Policy, Scenario, counts_per_minute  # noqa: E402
 from oserve_rl.policy.loop import run_policy  # noqa: E402
 
 SCENARIOS = {  # rate scales: the load table of docs/oserve.md
@@ -77,6 +80,9 @@ SCENARIOS = {  # rate scales: the load table of docs/oserve.md
     "opt-66b/azure-code": 13.71,
 }
 DURATION_S, SEED = 720.0, 0
+# Not in the default set: the validation windows of configs/train/azure_code.yaml (what an agent trained with
+# it is scored on; evaluate.py builds them the same way: whole trace, h100x16, the last 20 minutes).
+VALIDATION = {f"azure_code.yaml@{x:g}": x for x in (2.5, 3.5)}
 
 
 # --------------------------------------------------------------------------- fixed policies
@@ -158,14 +164,20 @@ def rate_sets(pol: OServe, data) -> dict[str, np.ndarray]:
 
 
 def run_scenario(label: str, args, bar_factory) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    model, trace_name = label.split("/")
-    trace, _ = R.fitting_trace(trace_name, model)
-    data = R.scenario(trace, model, SCENARIOS[label], DURATION_S).build(SEED)
+    if label in VALIDATION:
+        model = "llama-2-70b"
+        data = Scenario(cluster="h100x16", model=model, trace="azure-code", rate_scale=VALIDATION[label],
+                        start_s=2220.0, duration_s=1200.0).build(SEED)
+    else:
+        model, trace_name = label.split("/")
+        trace, _ = R.fitting_trace(trace_name, model)
+        data = R.scenario(trace, model, SCENARIOS[label], DURATION_S).build(SEED)
     loop = ControlLoop(data, interval_s=60.0, decision_delay_s=0.0)
     pol = OServe()
     pol.reset(loop.context())
     rows: list[dict[str, Any]] = []
-    info: dict[str, Any] = {"scenario": label, "rate_scale": SCENARIOS[label], "requests": len(data.trace)}
+    info: dict[str, Any] = {"scenario": label, "rate_scale": {**SCENARIOS, **VALIDATION}[label],
+                            "requests": len(data.trace)}
 
     # 1. homogeneous sweep, least-work routing (vllm_static)
     homog = enumerate_deployments(model, data.cluster, homogeneous=True, engine=data.engine)
@@ -323,7 +335,8 @@ def report(label: str, rows: list[dict[str, Any]], info: dict[str, Any], docs: d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {', '.join(SCENARIOS)}")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated, of {', '.join([*SCENARIOS, *VALIDATION])} (default: the first four)")
     p.add_argument("--top", type=int, default=40, help="deployments simulated per rate set, best by proxy (default 40)")
     p.add_argument("--deep", type=int, default=8,
                    help="of those, how many also get alternative dispatches simulated (default 8)")
@@ -340,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     labels = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    bad = [s for s in labels if s not in SCENARIOS]
+    bad = [s for s in labels if s not in SCENARIOS and s not in VALIDATION]
     if bad:
         p.error(f"unknown scenarios {bad}")
     from contextlib import nullcontext
