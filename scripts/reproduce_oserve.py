@@ -170,7 +170,7 @@ ABLATION_REGISTRY = {"A2 +max-flow": "vllm_reload", "A3 +ad hoc switch": "oserve
 SENSITIVITY = {"oserve headroom=1.5": {"headroom": 1.5}, "oserve latency_aware=False": {"latency_aware": False},
                "oserve min_switch_interval=300s": {"min_switch_interval_s": 300.0},
                "oserve dispatch=balanced": {"dispatch": "balanced"}, "oserve plan_load=peak": {"plan_load": "peak"},
-               "oserve spill=0": {"spill": 0.0}}
+               "oserve spill=0": {"spill": 0.0}, "oserve dispatch_load=plan": {"dispatch_load": "plan"}}
 
 
 # --------------------------------------------------------------------------- helpers

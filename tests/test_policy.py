@@ -236,14 +236,22 @@ def test_oserve_dispatch_is_ranked_by_its_p99_proxy_and_every_type_has_a_replica
         bal = make_policy("oserve", dispatch="balanced")
         bal.reset(loop.context())
         dep = loop.sim.deployment
-        rates, need = pol._plan
+        # chosen at the current capacity rates (dispatch_load="current"), not at the deployment's planning load
+        rates, need = pol.dispatch_plan(dep)
+        np.testing.assert_array_equal(rates, pol.capacity_rates(state, pol.rates(state)))
+        assert dec.info["dispatch"] == pol.routing(dep, rates, need).label()
         assert pol.latency_s(dep, rates, need) <= bal.latency_s(dep, rates, need) + 1e-9
         loop.advance()
+    at_plan = make_policy("oserve", dispatch_load="plan")
+    at_plan.reset(loop.context())
+    at_plan.decide(loop.observe())
+    assert at_plan.dispatch_plan(loop.sim.deployment) is at_plan._plan
 
 
 @pytest.mark.parametrize("kwargs, match", [({"dispatch": "maxflow"}, "dispatch must be one of"),
                                            ({"spill": 2.0}, "spill must be in"),
-                                           ({"plan_load": "mean"}, "plan_load must be one of")])
+                                           ({"plan_load": "mean"}, "plan_load must be one of"),
+                                           ({"dispatch_load": "peak"}, "dispatch_load must be one of")])
 def test_oserve_refuses_bad_dispatch_parameters(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         make_policy("oserve", **kwargs)
