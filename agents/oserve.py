@@ -194,7 +194,6 @@ class OServe(Policy):
         self._memo: dict[tuple, Any] = {}
         self._memo_lam: np.ndarray | None = None
         self._routes: dict[tuple, Routing | None] = {}
-        self._routes_key: tuple | None = None
         self._servable = (self.table.n > 0).any(axis=0)
         self.last_switch_s = -math.inf
         self._prior: np.ndarray | None = None
@@ -216,11 +215,11 @@ class OServe(Policy):
         ``routings`` (None if none keeps a load scale of ``need``). Memoised per replica multiset for the
         current rates and ``need``."""
         lam = self._servable_lam(lam)
-        key_lam = tuple(np.round(lam, 9))
-        if self._routes_key != key_lam:
-            self._routes, self._routes_key = {}, key_lam
-        key = (round(float(need), 9), shape_of(dep))
+        # A decision asks at two rate vectors (the planning load and the current one), alternately.
+        key = (tuple(np.round(lam, 9)), round(float(need), 9), shape_of(dep))
         if key not in self._routes:
+            if len(self._routes) > 4096:
+                self._routes.clear()
             found = self.routings(dep, lam, need)
             self._routes[key] = found[_fastest(found)] if found else None
         return self._routes[key]
@@ -268,15 +267,16 @@ class OServe(Policy):
         return found
 
     def weights(self, dep: Deployment, lam: np.ndarray, lam_cap: np.ndarray | None = None,
-                need: float | None = None) -> np.ndarray:
+                need: float | None = None, routing: Routing | None = None) -> np.ndarray:
         """[J, K] router rates for ``dep``'s replicas: the dispatch ``routing`` picks at ``lam_cap`` (default
         ``lam``) keeping a load scale of ``need`` (or, if none does, with no floor); each replica of a row
         gets the row's rates. ``need=None`` (callers outside ``decide``, e.g. the RL envs): the headroom, or
-        the balanced dispatch's load scale if that is lower, so a partition never costs the headroom."""
+        the balanced dispatch's load scale if that is lower, so a partition never costs the headroom.
+        ``routing``: one of ``routings(dep, ...)`` to use instead of the pick (scripts/hetero_bound.py)."""
         rates = lam if lam_cap is None else lam_cap
         if need is None:
             need = min(self.headroom, self.alpha(dep, rates))
-        r = self.routing(dep, rates, need) or self.routing(dep, rates, 0.0)
+        r = routing or self.routing(dep, rates, need) or self.routing(dep, rates, 0.0)
         J, K = self.table.num_types, len(dep)
         w = np.zeros((J, K))
         if r is None:  # nothing can be served (no demand the deployment runs): throughput-proportional

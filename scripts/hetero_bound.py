@@ -68,7 +68,7 @@ def _load_reproduce():
 
 R = _load_reproduce()
 
-from oserve_rl.agents.oserve import OServe, Routing, shape_of  # noqa: E402
+from oserve_rl.agents.oserve import OServe, Routing  # noqa: E402
 from oserve_rl.cluster import Deployment, enumerate_deployments  # noqa: E402
 from oserve_rl.policy import ControlLoop, Decision, Policy, Scenario, counts_per_minute  # noqa: E402
 from oserve_rl.policy.loop import run_policy  # noqa: E402
@@ -119,19 +119,8 @@ def all_routings(pol: OServe, dep: Deployment, lam: np.ndarray, need: float) -> 
 
 
 def weights_for(pol: OServe, dep: Deployment, lam: np.ndarray, need: float, r: Routing | None = None) -> np.ndarray:
-    """``OServe.weights`` for ``dep`` at ``lam`` (spill and all); with ``r``: for that dispatch instead of the pick
-    (put in ``routing``'s memo for the call, then restored)."""
-    if r is None:
-        return pol.weights(dep, lam, need=need)
-    pol.routing(dep, lam, need)  # fixes the memo's rates
-    key = (round(float(need), 9), shape_of(dep))
-    saved = pol._routes[key]
-    pol._routes[key] = r
-    try:
-        assert pol.routing(dep, lam, need) is r
-        return pol.weights(dep, lam, need=need)
-    finally:
-        pol._routes[key] = saved
+    """``OServe.weights`` for ``dep`` at ``lam`` (spill and all); with ``r``: for that dispatch instead of the pick."""
+    return pol.weights(dep, lam, need=need, routing=r)
 
 
 # --------------------------------------------------------------------------- docs
