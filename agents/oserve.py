@@ -434,8 +434,7 @@ class OServe(Policy):
         if lam.sum() <= 0:
             return Decision()
         target, info = self.plan(state)
-        lam_cap = self.capacity_rates(state, lam)
-        plan = self._plan
+        lam_cap, plan = self._lam_cap, self._plan  # what plan() planned with
         gain = self.gain(cur, target, lam_cap, plan)
         downtime = estimate_switch_downtime_s(cur, target, self.ctx.switch_costs) if target != cur else 0.0
         info.update(gain=gain, est_downtime_s=downtime)

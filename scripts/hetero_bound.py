@@ -118,11 +118,6 @@ def all_routings(pol: OServe, dep: Deployment, lam: np.ndarray, need: float) -> 
     return sorted(pol.routings(dep, lam, need), key=lambda r: r.p99_s)
 
 
-def weights_for(pol: OServe, dep: Deployment, lam: np.ndarray, need: float, r: Routing | None = None) -> np.ndarray:
-    """``OServe.weights`` for ``dep`` at ``lam`` (spill and all); with ``r``: for that dispatch instead of the pick."""
-    return pol.weights(dep, lam, need=need, routing=r)
-
-
 # --------------------------------------------------------------------------- docs
 
 
@@ -220,7 +215,7 @@ def run_scenario(label: str, args, bar_factory) -> tuple[list[dict[str, Any]], d
         with bar_factory(len(cands), f"{label} sim@{rname}") as bar:
             for rank_key, (i, r, kind) in enumerate(cands):
                 dep = allde[i]
-                W = weights_for(pol, dep, lam, need, None if kind == "proxy_pick" else r)
+                W = pol.weights(dep, lam, need=need, routing=None if kind == "proxy_pick" else r)  # spill and all
                 rows.append({"scenario": label, "kind": kind, "rates": rname, "deployment": dep.spec_string(),
                              "homogeneous": len(set(dep.configs)) == 1, "dispatch": r.label(),
                              "proxy_p99_s": float(r.p99_s), "alpha": float(alphas[i]),

@@ -437,10 +437,7 @@ class ReplicaEngine:
                 pool.allocate(need)
                 r.n_blocks += need
             if r.keys is not None and r.n_reg < len(r.keys):
-                end = min(len(r.keys), (c + n) // bs)
-                if end > r.n_reg:
-                    pool.register(r.keys, r.n_reg, end, r.held)
-                    r.n_reg = end
+                self._register_prefix(r, c + n)
             if r.decoding:
                 d_seqs += 1
                 d_ctx += c
@@ -452,6 +449,13 @@ class ReplicaEngine:
             budget -= n
             i += 1
         return budget, num_tokens, pairs, d_seqs, d_ctx, preempted
+
+    def _register_prefix(self, r: _Req, tokens: int) -> None:
+        """Publish the full blocks of ``r``'s prompt prefix among its first ``tokens`` in the prefix cache."""
+        end = min(len(r.keys), tokens // self.block_size)
+        if end > r.n_reg:
+            self.pool.register(r.keys, r.n_reg, end, r.held)
+            r.n_reg = end
 
     def _admit_waiting(self, T: float, budget: int, num_tokens: int, pairs: float, d_seqs: int, d_ctx: int,
                        sched: list[_Req], sched_n: list[int]) -> tuple[int, int, float, int, int]:
@@ -465,7 +469,6 @@ class ReplicaEngine:
         running = self.running
         rec = self.rec
         pool = self.pool
-        bs = self.block_size
         prefix = self.prefix_caching
         fss = rec.first_scheduled_s
         max_seqs = self.max_num_seqs
@@ -489,10 +492,7 @@ class ReplicaEngine:
                 self._outstanding -= start
             r.decoding = start == r.prompt + r.n_out - 1 and r.n_out > 0
             if prefix and r.keys is not None:
-                end = min(len(r.keys), (start + n) // bs)
-                if end > r.n_reg:
-                    pool.register(r.keys, r.n_reg, end, r.held)
-                    r.n_reg = end
+                self._register_prefix(r, start + n)
             if fss[r.rid] != fss[r.rid]:  # NaN: first admission
                 fss[r.rid] = T
             running.append(r)

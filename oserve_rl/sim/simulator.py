@@ -26,6 +26,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +61,8 @@ _NOT_READY = _NotReady()
 
 # plan_switch is a pure function of (old, new, costs) and costs milliseconds on 32 GPUs; an agent
 # trying deployments revisits the same pairs often (half of them within 8 episodes of random actions).
-_PLAN_CACHE: dict[tuple[Any, Any, Any], Any] = {}
-_PLAN_CACHE_MAX = 4096
-
-
-def _plan_switch_cached(old: Deployment, new: Deployment, costs: SwitchCosts):
-    key = (old, new, costs)  # frozen dataclasses and a frozen pydantic model: hashable by value
-    plan = _PLAN_CACHE.get(key)
-    if plan is None:
-        if len(_PLAN_CACHE) >= _PLAN_CACHE_MAX:
-            _PLAN_CACHE.clear()
-        plan = _PLAN_CACHE[key] = plan_switch(old, new, costs)
-    return plan
+# Frozen dataclasses and a frozen pydantic model: hashable by value.
+_plan_switch_cached = lru_cache(maxsize=4096)(plan_switch)
 
 
 @dataclass
