@@ -362,8 +362,9 @@ def part_main(ctx: Ctx, knees: dict[str, Any]) -> list[dict[str, Any]]:
 
 def sweep_setup(ctx: Ctx, knees: dict[str, Any]) -> dict[str, Any]:
     """Base trace, typer, per-type profiles and the load fraction the sweeps run at."""
-    base, dropped = fitting_trace(SWEEP_TRACE, SWEEP_MODEL)
-    key = f"{SWEEP_MODEL}/{SWEEP_TRACE}"
+    trace_name = ctx.args.sweep_trace
+    base, dropped = fitting_trace(trace_name, SWEEP_MODEL)
+    key = f"{SWEEP_MODEL}/{trace_name}"
     rho = ctx.args.rho if ctx.args.rho is not None else knees.get(key, {}).get("knee_load", 0.7)
     typer = RequestTyper.fit(base, k=4, seed=0)
     profiles = profiles_from_trace(base, typer.predict(base), 4, typer)
@@ -373,7 +374,7 @@ def sweep_setup(ctx: Ctx, knees: dict[str, Any]) -> dict[str, Any]:
 
     table = table_for(SWEEP_MODEL, CLUSTER, profiles, EngineConfig(max_model_len=model_ctx), sc.slo_tpot_s)
     per_gpu = {c.label(False): (table.row(c) / (c.tp * c.pp)).tolist() for c in table.configs}
-    return {"base": base, "typer": typer, "table": table, "rho": float(rho), "dropped": dropped,
+    return {"base": base, "trace": trace_name, "typer": typer, "table": table, "rho": float(rho), "dropped": dropped,
             "profiles": [(round(p.input_tokens), round(p.output_tokens)) for p in profiles], "per_gpu_rps": per_gpu}
 
 
@@ -568,11 +569,12 @@ def markdown(results: dict[str, Any]) -> str:
     sweep = results.get("sweep")
     if sweep:
         prof = sweep["profiles"]
+        sweep_trace = sweep.get("trace", SWEEP_TRACE)
         best = np.max(np.array(list(sweep["per_gpu_rps"].values())), axis=0)
         rows = [[cfg] + [f"{v:.2f} ({v / b:.0%})" for v, b in zip(vals, best)]
                 for cfg, vals in sweep["per_gpu_rps"].items()]
         parts.append(f"### Sweep types: requests/s per GPU under the {sweep['tpot_s']:g} s TPOT SLO (share of the best config)\n\n"
-                     f"{SWEEP_MODEL}, types of {SWEEP_TRACE} (k-means, k = 4, seed 0), load "
+                     f"{SWEEP_MODEL}, types of {sweep_trace} (k-means, k = 4, seed 0), load "
                      f"{sweep['rho']:.0%} of the best homogeneous deployment's capacity in the sweeps.\n\n" +
                      _md(["config"] + [f"type {j}: {i}/{o} tok" for j, (i, o) in enumerate(prof)], rows))
     sens = [r for r in main if r.get("sensitivity")]
@@ -588,7 +590,7 @@ def markdown(results: dict[str, Any]) -> str:
                  _short(r["policies"]["oserve"]["deployments"]), _f(r["policies"]["oserve"]["p99_e2e_s"]),
                  _f(r["gain_vs_static"]) + "x",
                  f"{r['analytic']['heterogeneous']}: {100 * (r['analytic']['capacity_gain'] - 1):+.1f} %"] for r in skew]
-        parts.append(f"### Spatial skew ({SWEEP_MODEL}, {SWEEP_TRACE} lengths, {CLUSTER})\n\n" + _md(
+        parts.append(f"### Spatial skew ({SWEEP_MODEL}, {(sweep or {}).get('trace', SWEEP_TRACE)} lengths, {CLUSTER})\n\n" + _md(
             ["CV", "type shares", "rps", "vllm_static", "p99 s", "oserve", "p99 s", "gain",
              "best heterogeneous (analytic capacity vs homogeneous)"], rows))
     shift = results.get("shift", [])
@@ -601,7 +603,7 @@ def markdown(results: dict[str, Any]) -> str:
                  _short(r["policies"]["oserve"]["deployments"]), _f(r["gain_vs_static"]) + "x",
                  _f(r["gain_vs_reload"]) + "x",
                  f"{r['analytic_a']['heterogeneous']} / {r['analytic_b']['heterogeneous']}"] for r in shift]
-        parts.append(f"### Temporal shift ({SWEEP_MODEL}, {SWEEP_TRACE} lengths, {CLUSTER})\n\n" + _md(
+        parts.append(f"### Temporal shift ({SWEEP_MODEL}, {(sweep or {}).get('trace', SWEEP_TRACE)} lengths, {CLUSTER})\n\n" + _md(
             ["level", "mix A <-> B", "TV dist", "rps", "vllm_static", "vllm_static p99", "vllm_reload p99", "oserve p99",
              "oserve switches", "oserve deployments", "gain vs static", "gain vs reload",
              "best deployment for A / B (analytic)"], rows))
@@ -734,7 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision-delay", type=float, default=None,
                    help="charge this fixed delay per decision instead of the measured wall time (reproducible runs)")
     p.add_argument("--rho", type=float, default=None,
-                   help="load fraction for the sweeps (default: the Llama-2-70B/azure-conv knee, else 0.7)")
+                   help="load fraction for the sweeps (default: the Llama-2-70B knee on the sweep trace, else 0.7)")
+    p.add_argument("--sweep-trace", default=SWEEP_TRACE, choices=TRACES,
+                   help=f"whose request lengths and types the skew and shift sweeps use (default {SWEEP_TRACE})")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation variants")
     p.add_argument("--eval-plots", action="store_true", help="also write evaluate.py's plots per scenario")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -779,9 +783,9 @@ def main(argv: list[str] | None = None) -> int:
             results["wall_s"]["main"] = time.time() - t0
         if "skew" in parts or "shift" in parts:
             setup = sweep_setup(ctx, knees)
-            results["sweep"] = {"rho": setup["rho"], "profiles": setup["profiles"], "dropped": setup["dropped"],
+            results["sweep"] = {"trace": setup["trace"], "rho": setup["rho"], "profiles": setup["profiles"], "dropped": setup["dropped"],
                                 "per_gpu_rps": setup["per_gpu_rps"], "tpot_s": scenario(setup["base"], SWEEP_MODEL).slo_tpot_s}
-            print(f"\nsweeps: {SWEEP_MODEL} on {CLUSTER}, {SWEEP_TRACE} lengths, types (in/out tokens) "
+            print(f"\nsweeps: {SWEEP_MODEL} on {CLUSTER}, {setup['trace']} lengths, types (in/out tokens) "
                   f"{setup['profiles']}, load {setup['rho']:.0%} of the best homogeneous deployment's capacity")
             for part, fn in (("skew", part_skew), ("shift", part_shift)):
                 if part in parts:
