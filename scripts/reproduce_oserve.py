@@ -567,9 +567,9 @@ def markdown(results: dict[str, Any]) -> str:
             ["scenario", "policy", "p50 E2E s", "p99 E2E s", "p99 TTFT s", "thr rps", "SLO attain", "completed",
              "switches", "decision s", "deployment(s)"], rows))
     sweep = results.get("sweep")
+    sweep_trace = (sweep or {}).get("trace", SWEEP_TRACE)  # results from before --sweep-trace: the default
     if sweep:
         prof = sweep["profiles"]
-        sweep_trace = sweep.get("trace", SWEEP_TRACE)
         best = np.max(np.array(list(sweep["per_gpu_rps"].values())), axis=0)
         rows = [[cfg] + [f"{v:.2f} ({v / b:.0%})" for v, b in zip(vals, best)]
                 for cfg, vals in sweep["per_gpu_rps"].items()]
@@ -590,7 +590,7 @@ def markdown(results: dict[str, Any]) -> str:
                  _short(r["policies"]["oserve"]["deployments"]), _f(r["policies"]["oserve"]["p99_e2e_s"]),
                  _f(r["gain_vs_static"]) + "x",
                  f"{r['analytic']['heterogeneous']}: {100 * (r['analytic']['capacity_gain'] - 1):+.1f} %"] for r in skew]
-        parts.append(f"### Spatial skew ({SWEEP_MODEL}, {(sweep or {}).get('trace', SWEEP_TRACE)} lengths, {CLUSTER})\n\n" + _md(
+        parts.append(f"### Spatial skew ({SWEEP_MODEL}, {sweep_trace} lengths, {CLUSTER})\n\n" + _md(
             ["CV", "type shares", "rps", "vllm_static", "p99 s", "oserve", "p99 s", "gain",
              "best heterogeneous (analytic capacity vs homogeneous)"], rows))
     shift = results.get("shift", [])
@@ -603,7 +603,7 @@ def markdown(results: dict[str, Any]) -> str:
                  _short(r["policies"]["oserve"]["deployments"]), _f(r["gain_vs_static"]) + "x",
                  _f(r["gain_vs_reload"]) + "x",
                  f"{r['analytic_a']['heterogeneous']} / {r['analytic_b']['heterogeneous']}"] for r in shift]
-        parts.append(f"### Temporal shift ({SWEEP_MODEL}, {(sweep or {}).get('trace', SWEEP_TRACE)} lengths, {CLUSTER})\n\n" + _md(
+        parts.append(f"### Temporal shift ({SWEEP_MODEL}, {sweep_trace} lengths, {CLUSTER})\n\n" + _md(
             ["level", "mix A <-> B", "TV dist", "rps", "vllm_static", "vllm_static p99", "vllm_reload p99", "oserve p99",
              "oserve switches", "oserve deployments", "gain vs static", "gain vs reload",
              "best deployment for A / B (analytic)"], rows))
