@@ -45,6 +45,7 @@ bit-reproducible.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -739,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load fraction for the sweeps (default: the Llama-2-70B knee on the sweep trace, else 0.7)")
     p.add_argument("--sweep-trace", default=SWEEP_TRACE, choices=TRACES,
                    help=f"whose request lengths and types the skew and shift sweeps use (default {SWEEP_TRACE})")
+    p.add_argument("--main-s", type=float, default=None,
+                   help=f"episode length of the main scenarios and of their knee search (default {FULL.main_s:g} s; "
+                        "3600 runs the whole hour-long Azure traces)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation variants")
     p.add_argument("--eval-plots", action="store_true", help="also write evaluate.py's plots per scenario")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -766,6 +770,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.update_docs and (not args.update_docs.is_file() or MARK_BEGIN not in args.update_docs.read_text()):
             raise OServeError(f"--update-docs {args.update_docs}: no such file, or it lacks the marker {MARK_BEGIN}")
         sizes = QUICK if args.quick else FULL
+        if args.main_s is not None:
+            if not args.main_s >= 120:
+                raise OServeError(f"--main-s must be at least 120 s (two decisions), got {args.main_s:g}")
+            sizes = dataclasses.replace(sizes, main_s=float(args.main_s), knee_s=float(args.main_s))
         predictor = args.predictor or ("lstm" if bundled_lstm_dir().exists() else "ewma")
         ctx = Ctx(args, sizes, seeds, load_forecaster(predictor), args.out)
         args.out.mkdir(parents=True, exist_ok=True)
