@@ -117,6 +117,7 @@ class Sizes:
     sched_decisions: int
     oracle: bool = True
     ablation_main: tuple[tuple[str, str], ...] = field(default=())
+    main_start_s: float = 0.0  # where the main episodes start on the trace (the typer is fitted on its first 600 s)
     sensitivity_main: tuple[tuple[str, str], ...] = field(default=())
 
 
@@ -188,9 +189,9 @@ def fitting_trace(name: str, model: str) -> tuple[Trace, int]:
 
 
 def scenario(trace: Trace, model: str, rate_scale: float = 1.0, duration_s: float | None = None,
-             cluster: Any = CLUSTER) -> Scenario:
+             cluster: Any = CLUSTER, start_s: float = 0.0) -> Scenario:
     return Scenario(cluster=cluster, model=model, trace=trace, rate_scale=rate_scale, duration_s=duration_s,
-                    max_model_len=get_model(model).max_context)
+                    start_s=start_s, max_model_len=get_model(model).max_context)
 
 
 def table_for(model: str, cluster: Any, profiles: list[TypeProfile], engine: Any, tpot_s: float | None):
@@ -236,7 +237,7 @@ def p99_of(summary: dict[str, Any]) -> float:
 def find_knee(trace: Trace, model: str, sizes: Sizes, seed: int, bar: Any) -> dict[str, Any]:
     """p99 of the best of a few homogeneous deployments at fractions of the busiest minute's capacity, on the
     whole episode; the knee is the first fraction where it has climbed ``KNEE_RISE`` x above the lightest one."""
-    c = capacity(scenario(trace, model, 1.0, sizes.main_s), seed)
+    c = capacity(scenario(trace, model, 1.0, sizes.main_s, start_s=sizes.main_start_s), seed)
     cap, cands, rps1 = c["peak_scale"], c["candidates"], c["rps"]
     # The analytically best two, and the widest (fewest replicas: the lowest latency at light load).
     picks = list(dict.fromkeys([c.deployment for c in cands[:2]] +
@@ -244,7 +245,7 @@ def find_knee(trace: Trace, model: str, sizes: Sizes, seed: int, bar: Any) -> di
     rows = []
     for load in sizes.knee_loads:
         rs = load * cap
-        data = scenario(trace, model, rs, sizes.knee_s).build(seed)
+        data = scenario(trace, model, rs, sizes.knee_s, start_s=sizes.main_start_s).build(seed)
         best, best_dep = math.inf, None
         for dep in picks:
             s = ClusterSimulator(dep, data.trace, router="least_work", engine=data.engine, progress=False,
@@ -346,7 +347,7 @@ def part_main(ctx: Ctx, knees: dict[str, Any]) -> list[dict[str, Any]]:
               f"{knee['rate_scale']:.2f} ({knee['rps']:.1f} rps); dropped {dropped} requests over the context",
               flush=True)
         ablation = (model, trace_name) in ctx.sizes.ablation_main and not ctx.args.no_ablation
-        sc = scenario(trace, model, knee["rate_scale"], ctx.sizes.main_s)
+        sc = scenario(trace, model, knee["rate_scale"], ctx.sizes.main_s, start_s=ctx.sizes.main_start_s)
         pols = main_policies(ctx, ablation, ctx.sizes.oracle, extra=("threshold_autoscaler",))
         sensitivity = (model, trace_name) in ctx.sizes.sensitivity_main
         if sensitivity:
@@ -743,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--main-s", type=float, default=None,
                    help=f"episode length of the main scenarios and of their knee search (default {FULL.main_s:g} s; "
                         "3600 runs the whole hour-long Azure traces)")
+    p.add_argument("--main-start", type=float, default=None,
+                   help="where the main episodes start on the trace, s (default 0: the typing window, the trace's "
+                        "first 600 s, overlaps them; 600 starts them after it)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation variants")
     p.add_argument("--eval-plots", action="store_true", help="also write evaluate.py's plots per scenario")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -774,6 +778,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.main_s >= 120:
                 raise OServeError(f"--main-s must be at least 120 s (two decisions), got {args.main_s:g}")
             sizes = dataclasses.replace(sizes, main_s=float(args.main_s), knee_s=float(args.main_s))
+        if args.main_start is not None:
+            if not args.main_start >= 0:
+                raise OServeError(f"--main-start must be >= 0 s, got {args.main_start:g}")
+            sizes = dataclasses.replace(sizes, main_start_s=float(args.main_start))
         predictor = args.predictor or ("lstm" if bundled_lstm_dir().exists() else "ewma")
         ctx = Ctx(args, sizes, seeds, load_forecaster(predictor), args.out)
         args.out.mkdir(parents=True, exist_ok=True)
