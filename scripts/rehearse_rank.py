@@ -81,8 +81,6 @@ def synthetic_episode(data, rates_rps: np.ndarray, duration_s: float, seed: int 
 
 
 def run(label: str, rows: list[dict], at: str, duration_s: float) -> dict:
-    if label in H.VALIDATION:
-        raise SystemExit(f"{label}: only the four main scenarios are supported")
     model, trace_name = label.split("/")
     trace, _ = H.R.fitting_trace(trace_name, model)
     data = H.R.scenario(trace, model, H.SCENARIOS[label], H.DURATION_S).build(H.SEED)
