@@ -182,10 +182,8 @@ def fitting_trace(name: str, model: str) -> tuple[Trace, int]:
     """``name`` without the requests longer than ``model``'s context (prompt + output); and how many were dropped."""
     tr = load_trace(name)
     ctx = get_model(model).max_context
-    fits = (tr.input_tokens + tr.output_tokens) <= ctx
-    kept = Trace(tr.arrival_s[fits], tr.input_tokens[fits], tr.output_tokens[fits], name=f"{name}<={ctx}",
-                 source=tr.source, notes=(*tr.notes, f"dropped {int((~fits).sum())} requests over {ctx} tokens"))
-    return kept, int((~fits).sum())
+    kept = dataclasses.replace(tr.fitting(ctx), name=f"{name}<={ctx}")
+    return kept, len(tr) - len(kept)
 
 
 def scenario(trace: Trace, model: str, rate_scale: float = 1.0, duration_s: float | None = None,

@@ -100,6 +100,21 @@ def test_scale_load_keeps_the_span_and_is_seeded():
         tr.scale_load(0.0)
 
 
+def test_requests_beyond_the_context_are_not_typed():
+    # Azure code's head has prompts near or past Llama-2-70B's 4,096 tokens: they are rejected on arrival
+    # whatever runs, so the typer's centres, the type lengths and the prior rates come from the others.
+    data = Scenario("h100x8", "llama-2-70b", "azure-code", duration_s=600).build(0)
+    assert np.all(data.type_lengths.sum(axis=1) <= 4096)
+    assert np.all(data.typer.centers_tokens.sum(axis=1) <= 4096)
+    head = load_trace("azure-code").rebase().slice(0, 600)
+    servable = head.fitting(4096)
+    assert len(servable) < len(head)
+    span_s = servable.arrival_s[-1] - servable.arrival_s[0]
+    assert data.prior_rps.sum() * span_s == pytest.approx(len(servable))
+    # The episode itself is untouched: over-context requests arrive and are rejected with a reason.
+    assert len(data.trace) == len(head)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"slo_ttft_s": 0.0}, "slo_ttft_s"),
     ({"slo_tpot_s": -1.0}, "slo_tpot_s"),

@@ -320,6 +320,18 @@ def test_slice_rebase_head_scale() -> None:
         trace.slice(10, 5)
 
 
+def test_fitting_keeps_exactly_the_requests_within_the_context() -> None:
+    trace = load_trace("azure-code")
+    fit = trace.fitting(4096)
+    total = trace.input_tokens + trace.output_tokens
+    assert len(fit) == int((total <= 4096).sum()) < len(trace)  # Azure code has requests beyond 4,096 tokens
+    assert np.all(fit.input_tokens + fit.output_tokens <= 4096)
+    assert np.array_equal(fit.arrival_s, trace.arrival_s[total <= 4096])
+    assert "fitting(4096)" in fit.notes[-1]
+    with pytest.raises(ConfigError, match="max_tokens"):
+        trace.fitting(1)
+
+
 def test_trace_is_immutable_and_validated() -> None:
     trace = simple_trace()
     with pytest.raises(ValueError):

@@ -124,6 +124,14 @@ class Trace:
             raise ConfigError(f"head(n): n must be >= 0, got {n}")
         return self._take(slice(0, n), f"head({n})")
 
+    def fitting(self, max_tokens: int) -> Trace:
+        """The requests whose prompt + output fit in ``max_tokens`` (a model's context): the others are
+        rejected on arrival whatever serves them."""
+        if not max_tokens >= 2:
+            raise ConfigError(f"fitting(max_tokens): need at least 2 tokens (1 prompt + 1 output), got {max_tokens!r}")
+        keep = np.flatnonzero(self.input_tokens + self.output_tokens <= max_tokens)
+        return self._take(keep, f"fitting({max_tokens}): dropped {len(self) - len(keep)}")
+
     def slice(self, start_s: float, end_s: float, *, rebase: bool = False) -> Trace:
         """Requests arriving in ``[start_s, end_s)``.
 
