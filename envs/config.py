@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from oserve_rl.errors import ConfigError
 
-ENV_VERSION = 1  # bump when the observation or action layout changes: old checkpoints are then refused
+ENV_VERSION = 2  # bump when the observation or action layout or meaning changes: old checkpoints are then refused
+# 2: request types are fitted on the requests that fit the model's context (per-type features mean other types)
 
 OBS_KEYS = ("rate_history", "forecast", "lengths", "deployment", "replicas", "switch", "time", "candidates",
             "action_mask")
