@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import hetero_bound as H  # noqa: E402  (the scenarios, the fixed-plan simulation and Spearman, reused)
 
 from oserve_rl.agents.oserve import OServe  # noqa: E402
-from oserve_rl.catalog import get_model  # noqa: E402
 from oserve_rl.cluster.deployment import parse_deployment  # noqa: E402
 from oserve_rl.policy import ControlLoop  # noqa: E402
 from oserve_rl.workload import Trace  # noqa: E402
@@ -61,7 +60,7 @@ def synthetic_episode(data, rates_rps: np.ndarray, duration_s: float, seed: int 
     arrival = rng.uniform(0.0, duration_s, len(types))
     order = np.argsort(arrival, kind="stable")
     arrival, types = arrival[order], types[order]
-    ctx = int(data.engine.max_model_len or get_model(data.model).max_context)
+    ctx = data.engine.context_tokens(data.model)
     # Requests over the context were removed from the real episodes before they ran (docs/oserve.md), so the
     # lengths are drawn from the same distribution cut at the context: redraw the pairs that do not fit.
     inp, out = np.zeros(len(types)), np.zeros(len(types))

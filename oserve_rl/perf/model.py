@@ -60,6 +60,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int | None = None
 
+    def context_tokens(self, model: ModelSpec | str) -> int:
+        """Longest prompt + output a replica of ``model`` accepts: ``max_model_len``, else the model's context."""
+        return int(self.max_model_len or (get_model(model) if isinstance(model, str) else model).max_context)
+
     def __post_init__(self):
         checks = [
             ("max_num_batched_tokens", self.max_num_batched_tokens >= 1),

@@ -93,14 +93,14 @@ class Scenario:
         # k-means centre spent on them is a type no replica serves (Azure code on Llama-2-70B: 14 % of the
         # requests; OServe's p99 on its first 12 minutes, 32 H100s: 13.78 s typed with them, 8.95 s without).
         engine = EngineConfig(max_model_len=self.max_model_len) if self.max_model_len else EngineConfig()
-        context = engine.max_model_len or get_model(self.model).max_context
-        servable = base.fitting(context)
-        if len(servable) < 10 * self.num_types:
-            raise ConfigError(f"scenario: only {len(servable)} requests of trace {self.trace!r} fit the {context}-token "
-                              f"context of {model}; typing them into {self.num_types} types needs at least "
-                              f"{10 * self.num_types}")
-        head = servable.slice(0.0, max(self.typing_window_s, 1.0))
+        context = engine.context_tokens(model)
+        head = base.slice(0.0, max(self.typing_window_s, 1.0)).fitting(context)
         if len(head) < 10 * self.num_types:
+            servable = base.fitting(context)  # the whole trace only when its head is too short
+            if len(servable) < 10 * self.num_types:
+                raise ConfigError(f"scenario: only {len(servable)} requests of trace {self.trace!r} fit the "
+                                  f"{context}-token context of {model}; typing them into {self.num_types} types "
+                                  f"needs at least {10 * self.num_types}")
             head = servable.head(max(10 * self.num_types, len(head)))
         typer = RequestTyper.fit(head, k=int(self.num_types), seed=seed if self.typer_seed is None else self.typer_seed)
         head_types = typer.predict(head)

@@ -157,10 +157,6 @@ def type_rates_rps(types: np.ndarray, k: int, duration_s: float) -> np.ndarray:
 # --------------------------------------------------------------------------- throughput of one replica
 
 
-def _max_model_len(config: ReplicaConfig, engine: EngineConfig) -> int:
-    return int(engine.max_model_len or config.model_spec.max_context)
-
-
 def replica_throughput_rps(
     config: ReplicaConfig,
     input_tokens: float,
@@ -178,7 +174,7 @@ def replica_throughput_rps(
     perf = config.perf()
     kv_tokens = perf.kv_capacity_tokens(engine)
     bs = engine.block_size
-    if i + o > _max_model_len(config, engine) or math.ceil((i + o - 1) / bs) * bs > kv_tokens:
+    if i + o > engine.context_tokens(config.model_spec) or math.ceil((i + o - 1) / bs) * bs > kv_tokens:
         return 0.0  # the engine rejects such a request outright
     if not engine.enable_chunked_prefill and i > engine.max_num_batched_tokens:
         return 0.0
