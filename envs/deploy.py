@@ -58,6 +58,9 @@ from oserve_rl.policy.forecasting import load_forecaster
 from oserve_rl.sim.requests import STATUS_COMPLETED, STATUS_REJECTED
 
 KEEP, OSERVE = 0, 1
+RESET_OPTIONS = ("scenario", "data_seed", "episode", "initial", "initial_router")
+# Type-blind routers an initial deployment may run with instead of the LP weights (vllm_static's, as in evaluate.py).
+LOAD_ROUTERS = ("least_work", "round_robin")
 N_ACTION_FEATURES = 4
 DEP_FEATURES = 8
 REP_FEATURES = 8
@@ -113,9 +116,13 @@ class DeployEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"scenario", "data_seed", "episode", "initial"}
+        unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
-            raise ConfigError(f"reset options {sorted(unknown)} unknown; valid: scenario, data_seed, episode, initial")
+            raise ConfigError(f"reset options {sorted(unknown)} unknown; valid: {', '.join(RESET_OPTIONS)}")
+        initial_router = options.get("initial_router")
+        if initial_router not in (None, *LOAD_ROUTERS):
+            raise ConfigError(f"reset option initial_router={initial_router!r}: valid are {', '.join(LOAD_ROUTERS)} "
+                              "(or leave it out for the LP dispatch)")
         if "episode" in options:  # a prebuilt EpisodeData (evaluate.py runs agents on its own episodes)
             data = options["episode"]
             scen, data_seed = data.scenario, data.seed
@@ -129,6 +136,7 @@ class DeployEnv(gym.Env):
             data = scen.build(seed=data_seed)
         self.data_seed = data_seed
         self._initial_spec = options.get("initial", self.cfg.initial)
+        self._initial_router = initial_router
         if data.num_types != self.J:
             raise ConfigError(f"scenario has {data.num_types} request types, the env's spaces are for {self.J}")
         self.scenario = scen
@@ -176,6 +184,8 @@ class DeployEnv(gym.Env):
             return self.oserve.decide(state)
         dep = parse_deployment(self._initial_spec, self.loop.data.cluster, self.loop.data.model,
                                engine=self.loop.data.engine)
+        if self._initial_router is not None:
+            return Decision(dep, router=self._initial_router)
         return Decision(dep, self.oserve.weights(dep, np.ones(self.J)))
 
     def step(self, action: Any):
@@ -251,10 +261,14 @@ class DeployEnv(gym.Env):
         return -m["cost_usd"] - r.slo_penalty * slo_miss
 
     def episode_metrics(self) -> dict[str, Any]:
-        """Whole-episode figures so far (requests still in flight are left out)."""
+        """Whole-episode figures. Once the episode is over, the requests still in flight first run to the end
+        (no new arrivals), as evaluate.py counts them, so a validation in TensorBoard reads what evaluate.py
+        reports; before that, figures so far with those requests left out."""
         from oserve_rl.sim import metrics
 
         sim = self.loop.sim
+        if self.loop.done:
+            sim.run()  # only finishes in-flight work: the window's arrivals are all in
         s = metrics.summary(sim.rec, slo_ttft_s=self.cfg.slo_ttft_s, slo_tpot_s=self.cfg.slo_tpot_s)
         return {"p99_e2e_s": s["e2e_s"]["p99"], "p50_e2e_s": s["e2e_s"]["p50"], "slo_attainment": s["slo"]["attainment"],
                 "throughput_rps": s["throughput_rps"], "switches": len(sim.switches),

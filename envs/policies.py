@@ -7,11 +7,11 @@
 |---|---|
 | oserve | always ``1`` ("do what OServe decides now"): exactly OServe, with its switch rule |
 | keep | always ``0``: the ``initial`` deployment for the whole episode |
-| vllm_static | installs the best homogeneous deployment (a sweep over the episode with hindsight, as in evaluate.py), then keeps it |
+| vllm_static | installs the best homogeneous deployment (a sweep over the episode with hindsight) with least-work routing, then keeps it: evaluate.py's ``vllm_static`` |
 | random | a uniformly random allowed action (seeded) |
 
 So the agent and these heuristics are compared on identical arrivals,
-identical candidate sets and identical dispatch (the LP weights). evaluate.py
+identical candidate sets and, but for ``vllm_static``, identical dispatch (the LP weights). evaluate.py
 runs the full baselines (with their own routers) through the same control loop.
 """
 
@@ -55,7 +55,8 @@ class _Static:
         ctx = loop.context()
         ctx.episode_trace = loop.data.trace
         dep, _ = sweep_homogeneous(ctx)
-        return {"initial": dep.spec_string()}
+        # Routed as evaluate.py's vllm_static is (type-blind least work), so both report the same baseline.
+        return {"initial": dep.spec_string(), "initial_router": "least_work"}
 
     def __call__(self, obs: dict[str, np.ndarray], env: Any) -> int:
         return 0

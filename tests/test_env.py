@@ -103,6 +103,25 @@ def test_the_step_info_carries_raw_metrics(env):
                                    - 0.01 * info["switch_downtime_s"])
 
 
+def test_env_vllm_static_is_evaluate_vllm_static(env):
+    """The baseline TensorBoard shows under vllm_static is the one evaluate.py reports: same deployment, same
+    type-blind least-work routing, same arrivals, so the same latencies request for request."""
+    from oserve_rl.agents.static import VLLMStatic
+    from oserve_rl.policy import Scenario, run_policy
+
+    scen = Scenario(cluster="h100x8", model="llama-2-70b", trace="azure-conv", rate_scale=1.0, duration_s=300,
+                    start_s=600, typer_seed=0)
+    via_env = run_env_episode(env, env_policy("vllm_static"), seed=0, options={"scenario": scen, "data_seed": 0})
+    direct = run_policy(VLLMStatic(), scen.build(seed=0), interval_s=env.cfg.interval_s).summary
+    assert via_env["p99_e2e_s"] == direct["e2e_s"]["p99"] and via_env["p50_e2e_s"] == direct["e2e_s"]["p50"]
+    assert env.unwrapped.loop.sim.deployment.spec_string() and via_env["switches"] == 0
+
+
+def test_initial_router_must_be_type_blind(env):
+    with pytest.raises(ConfigError, match="least_work, round_robin"):
+        env.reset(seed=0, options={"initial": "2xTP4", "initial_router": "weighted"})
+
+
 def test_unknown_env_option_is_one_clear_error():
     with pytest.raises(ConfigError, match="episode_s"):
         DeployEnv(**{**SMALL, "episode_len": 10})
