@@ -35,7 +35,8 @@ prefilter are also scored fully, and the output says how many of them would have
 (prefilter misses).
 
 Also for the validation windows of configs/train/azure_code.yaml (``--scenarios azure_code.yaml@2.5,
-azure_code.yaml@3.5``): the most any fixed plan gives an agent trained with that config (docs/training.md).
+azure_code.yaml@3.5``) and azure_code_busy.yaml (``azure_code_busy.yaml@5.5,azure_code_busy.yaml@6.5``): the
+most any fixed plan gives an agent trained with that config (docs/training.md).
 
     .venv/bin/python scripts/hetero_bound.py --json reports/hetero_bound.json | tee reports/hetero_bound.txt
     .venv/bin/python scripts/hetero_bound.py --scenarios llama-2-70b/azure-code --top 10 --deep 3   # a few minutes
@@ -80,9 +81,11 @@ SCENARIOS = {  # rate scales: the load table of docs/oserve.md
     "opt-66b/azure-code": 13.71,
 }
 DURATION_S, SEED = 720.0, 0
-# Not in the default set: the validation windows of configs/train/azure_code.yaml (what an agent trained with
-# it is scored on; evaluate.py builds them the same way: whole trace, h100x16, the last 20 minutes).
-VALIDATION = {f"azure_code.yaml@{x:g}": x for x in (2.5, 3.5)}
+# Not in the default set: the validation windows of configs/train/azure_code.yaml and azure_code_busy.yaml (what
+# an agent trained with them is scored on; evaluate.py builds them the same way: whole trace, h100x16, the last
+# 20 minutes).
+VALIDATION = {**{f"azure_code.yaml@{x:g}": x for x in (2.5, 3.5)},
+              **{f"azure_code_busy.yaml@{x:g}": x for x in (5.5, 6.5)}}
 
 
 # --------------------------------------------------------------------------- fixed policies
