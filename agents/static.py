@@ -48,13 +48,17 @@ def sweep_homogeneous(ctx: PolicyContext, router: str = "least_work", max_candid
     return best["dep"], [{k: v for k, v in r.items() if k != "dep"} for r in rows]
 
 
+# The type-blind routers a static deployment runs with (the env's ``initial_router`` accepts the same).
+ROUTERS = ("least_work", "round_robin")
+
+
 class VLLMStatic(Policy):
     name = "vllm_static"
     uses_hindsight = True
 
     def __init__(self, router: str = "least_work", deployment: str | None = None, sweep_s: float | None = None):
-        if router not in ("least_work", "round_robin"):
-            raise ConfigError(f"vllm_static: router must be 'least_work' or 'round_robin', got {router!r}")
+        if router not in ROUTERS:
+            raise ConfigError(f"vllm_static: router must be one of {', '.join(ROUTERS)}, got {router!r}")
         self.router = router
         self.fixed = deployment
         self.sweep_s = sweep_s

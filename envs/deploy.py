@@ -49,6 +49,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from oserve_rl.agents.static import ROUTERS as STATIC_ROUTERS
 from oserve_rl.catalog import get_cluster, get_gpu, get_model
 from oserve_rl.cluster import Deployment, parse_deployment
 from oserve_rl.envs.config import DeployEnvConfig, make_config
@@ -59,8 +60,6 @@ from oserve_rl.sim.requests import STATUS_COMPLETED, STATUS_REJECTED
 
 KEEP, OSERVE = 0, 1
 RESET_OPTIONS = ("scenario", "data_seed", "episode", "initial", "initial_router")
-# Type-blind routers an initial deployment may run with instead of the LP weights (vllm_static's, as in evaluate.py).
-LOAD_ROUTERS = ("least_work", "round_robin")
 N_ACTION_FEATURES = 4
 DEP_FEATURES = 8
 REP_FEATURES = 8
@@ -119,9 +118,9 @@ class DeployEnv(gym.Env):
         unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
             raise ConfigError(f"reset options {sorted(unknown)} unknown; valid: {', '.join(RESET_OPTIONS)}")
-        initial_router = options.get("initial_router")
-        if initial_router not in (None, *LOAD_ROUTERS):
-            raise ConfigError(f"reset option initial_router={initial_router!r}: valid are {', '.join(LOAD_ROUTERS)} "
+        initial_router = options.get("initial_router")  # type-blind routing instead of the LP weights (vllm_static)
+        if initial_router not in (None, *STATIC_ROUTERS):
+            raise ConfigError(f"reset option initial_router={initial_router!r}: valid are {', '.join(STATIC_ROUTERS)} "
                               "(or leave it out for the LP dispatch)")
         if "episode" in options:  # a prebuilt EpisodeData (evaluate.py runs agents on its own episodes)
             data = options["episode"]

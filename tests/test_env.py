@@ -112,9 +112,11 @@ def test_env_vllm_static_is_evaluate_vllm_static(env):
     scen = Scenario(cluster="h100x8", model="llama-2-70b", trace="azure-conv", rate_scale=1.0, duration_s=300,
                     start_s=600, typer_seed=0)
     via_env = run_env_episode(env, env_policy("vllm_static"), seed=0, options={"scenario": scen, "data_seed": 0})
-    direct = run_policy(VLLMStatic(), scen.build(seed=0), interval_s=env.cfg.interval_s).summary
-    assert via_env["p99_e2e_s"] == direct["e2e_s"]["p99"] and via_env["p50_e2e_s"] == direct["e2e_s"]["p50"]
-    assert env.unwrapped.loop.sim.deployment.spec_string() and via_env["switches"] == 0
+    static = VLLMStatic()
+    direct = run_policy(static, scen.build(seed=0), interval_s=env.cfg.interval_s)
+    assert env.unwrapped.loop.sim.deployment.spec_string() == static.dep.spec_string()
+    np.testing.assert_array_equal(env.unwrapped.loop.sim.rec.finish_s, direct.sim.recorder.finish_s)
+    assert via_env["p99_e2e_s"] == direct.summary["e2e_s"]["p99"] and via_env["switches"] == 0
 
 
 def test_initial_router_must_be_type_blind(env):
