@@ -135,6 +135,9 @@ class DeployEnv(gym.Env):
             data = scen.build(seed=data_seed)
         self.data_seed = data_seed
         self._initial_spec = options.get("initial", self.cfg.initial)
+        if initial_router is not None and self._initial_spec == "oserve":
+            raise ConfigError("reset option initial_router needs a deployment spec as `initial` (e.g. '4xTP4'): "
+                              "OServe's own pick comes with its dispatch weights")
         self._initial_router = initial_router
         if data.num_types != self.J:
             raise ConfigError(f"scenario has {data.num_types} request types, the env's spaces are for {self.J}")

@@ -122,6 +122,8 @@ def test_env_vllm_static_is_evaluate_vllm_static(env):
 def test_initial_router_must_be_type_blind(env):
     with pytest.raises(ConfigError, match="least_work, round_robin"):
         env.reset(seed=0, options={"initial": "2xTP4", "initial_router": "weighted"})
+    with pytest.raises(ConfigError, match="needs a deployment spec"):
+        env.reset(seed=0, options={"initial_router": "least_work"})  # initial defaults to OServe's pick
 
 
 def test_unknown_env_option_is_one_clear_error():
