@@ -4,8 +4,8 @@ Inputs: ``n[k, j]``, the throughput of replica ``k`` on type ``j`` alone
 (requests/s, ``profiles.ThroughputTable``), and ``lam[j]``, the arrival rate of
 type ``j``. Replica ``k`` serving ``x[k, j]`` requests/s of each type is busy a
 share ``sum_j x[k, j] / n[k, j]`` of the time (its utilisation), which must
-stay <= 1. Two linear programs, both solved with ``scipy.optimize.linprog``
-(HiGHS dual simplex):
+stay <= 1. Two linear programs, both solved with HiGHS's dual simplex (``highspy``, the
+solver ``scipy.optimize.linprog(method="highs-ds")`` wraps, called directly: see ``_solve``):
 
 (a) max-flow, as in the paper::
 
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from scipy.optimize import linprog
+import highspy
 
 from oserve_rl.errors import ConfigError
 
@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from oserve_rl.sched.profiles import ThroughputTable
 
 SATURATED = 1.0 - 1e-6  # utilisation at or above this counts as saturated (LP round-off)
-_LP_METHOD = "highs-ds"  # HiGHS dual simplex: ~30 % faster than "highs" on these tiny LPs, same optimum
 
 
 @dataclass(frozen=True)
@@ -156,11 +155,45 @@ def _edges(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> tuple[np.ndarray,
     return np.nonzero(usable)
 
 
-def _solve(c, a_ub, b_ub, a_eq=None, b_eq=None):
-    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method=_LP_METHOD)
-    if res.status != 0:  # both LPs are feasible (x = 0) and bounded; anything else is a solver failure
-        raise RuntimeError(f"dispatch LP failed: {res.message}")
-    return res
+class _LPSolution(NamedTuple):
+    x: np.ndarray
+    ub_duals: np.ndarray  # d objective / d b_ub (scipy's ``res.ineqlin.marginals``)
+    eq_duals: np.ndarray  # d objective / d b_eq (``res.eqlin.marginals``)
+
+
+def _solve(c, a_ub, b_ub, a_eq=None, b_eq=None) -> _LPSolution:
+    """min ``c @ x`` s.t. ``a_ub @ x <= b_ub``, ``a_eq @ x == b_eq``, ``x >= 0``, by HiGHS's dual simplex.
+
+    The LPs here have at most a few dozen variables, and ``scipy.optimize.linprog`` spent ~1.2 of its
+    ~1.5 ms per call checking options and converting inputs around a ~0.3 ms solve; OServe's dispatch
+    ranking asks for ~10 of them per decision, and RL env steps that switch ask for one ranking each.
+    The options are linprog's for ``method="highs-ds"`` (simplex, dual strategy, presolve on), so with the
+    HiGHS release scipy bundles (constraints.txt pins ``highspy`` to it) the same vertex comes back where
+    an LP has several optima.
+    """
+    n_ub = len(b_ub)
+    a = np.asarray(a_ub, dtype=np.float64) if a_eq is None else np.vstack([a_ub, a_eq])
+    lower = np.full(n_ub, -highspy.kHighsInf)
+    upper = np.asarray(b_ub, dtype=np.float64)
+    if a_eq is not None:
+        lower = np.concatenate([lower, b_eq])
+        upper = np.concatenate([upper, b_eq])
+    n_var = a.shape[1]
+    h = highspy.Highs()
+    for option, value in (("output_flag", False), ("solver", "simplex"), ("simplex_strategy", 1)):
+        h.setOptionValue(option, value)
+    h.addVars(n_var, np.zeros(n_var), np.full(n_var, highspy.kHighsInf))
+    h.changeColsCost(n_var, np.arange(n_var, dtype=np.int32), np.asarray(c, dtype=np.float64))
+    rows, cols = np.nonzero(a)
+    starts = np.searchsorted(rows, np.arange(a.shape[0])).astype(np.int32)
+    h.addRows(a.shape[0], lower, upper, rows.size, starts, cols.astype(np.int32), a[rows, cols])
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        # Both LPs are feasible (x = 0) and bounded; anything else is a solver failure.
+        raise RuntimeError(f"dispatch LP failed: {h.modelStatusToString(h.getModelStatus())}")
+    sol = h.getSolution()
+    duals = np.asarray(sol.row_dual, dtype=np.float64)
+    return _LPSolution(np.asarray(sol.col_value, dtype=np.float64), duals[:n_ub], duals[n_ub:])
 
 
 # --------------------------------------------------------------------------- the two LPs
@@ -191,10 +224,10 @@ def load_scale_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = 
     # Duals of min(-alpha): the type-row marginals are proportional to the prices of weak duality;
     # clip and rescale so that lam @ price == 1 holds exactly (any such price gives a valid bound).
     price = np.zeros(j_count)
-    price[demanded] = np.maximum(res.eqlin.marginals, 0.0)
+    price[demanded] = np.maximum(res.eq_duals, 0.0)
     scale = float(lam @ price)
     price = price / scale if scale > 0 else price
-    return LoadScale(alpha, x, -np.asarray(res.ineqlin.marginals, dtype=np.float64), price)
+    return LoadScale(alpha, x, -res.ub_duals, price)
 
 
 def max_flow_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> np.ndarray:
