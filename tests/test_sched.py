@@ -134,6 +134,37 @@ def test_max_flow_csgraph_agrees_with_linprog_and_bounds_it():
         assert max_flow_csgraph(general, lam) >= max_flow_lp(general, lam).sum() - 1e-3 * (k * j + j + k)
 
 
+def test_lps_through_highspy_match_scipy_linprog():
+    """``_solve`` calls HiGHS directly with linprog's highs-ds options: same optimum and duals; with the HiGHS
+    release scipy bundles (constraints.txt pins it) the same vertex too."""
+    import highspy
+    from scipy.optimize import linprog
+
+    from oserve_rl.sched.dispatch import _solve
+
+    try:  # scipy's private build of HiGHS: only to know whether the vertex must match too
+        from scipy.optimize._highspy import _core as scipy_highs
+        same_release = tuple(int(v) for v in highspy.Highs().version().split(".")[:3]) == (
+            scipy_highs.HIGHS_VERSION_MAJOR, scipy_highs.HIGHS_VERSION_MINOR, scipy_highs.HIGHS_VERSION_PATCH)
+    except (ImportError, AttributeError):
+        same_release = False
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        k, j = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        a_ub = np.round(rng.uniform(0, 2, (k + j, k * j)), 2) * (rng.random((k + j, k * j)) > 0.4)
+        b_ub = np.round(rng.uniform(0.5, 10, k + j), 3)
+        c = -np.round(rng.uniform(0, 1, k * j), 2)
+        ref = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=(0, None), method="highs-ds")
+        if ref.status != 0:  # unbounded draws: the dispatch LPs never are
+            continue
+        got = _solve(c, a_ub, b_ub)
+        assert c @ got.x == pytest.approx(ref.fun, rel=1e-9, abs=1e-12)
+        assert (a_ub @ got.x <= b_ub + 1e-9).all() and (got.x >= -1e-12).all()
+        if same_release:  # another release may stop at another optimal vertex (and dual) of a degenerate LP
+            np.testing.assert_array_equal(got.x, ref.x)
+            np.testing.assert_array_equal(got.ub_duals, ref.ineqlin.marginals)
+
+
 def test_router_rates_feed_the_weighted_router(table16):
     res = flow_guided_search("llama-2-70b", "h100x16", LAM * 4, table16)
     rates = res.dispatch.router_rates()
