@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,19 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plain_log_ticks(axis) -> None:
+    """Label a log axis (after plotting) with plain numbers (0.05, 2, 30): at 1, 2 and 5 per decade when
+    the data span two decades or less, else at powers of ten. matplotlib's default puts overlapping
+    2x10^-2 labels on minor ticks, or a single label, on such short ranges."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 3.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(plt, fig, path: Path) -> Path:
@@ -44,6 +58,7 @@ def latency_cdfs(table: Any, path: Path) -> Path:
                 ax.plot(v, np.arange(1, v.size + 1) / v.size, label=name)
     for ax, key in zip(axes, ("E2E latency (s)", "TTFT (s)", "TPOT (s)")):
         ax.set_xscale("log")
+        plain_log_ticks(ax.xaxis)
         ax.set_xlabel(key)
         ax.set_ylabel("share of completed requests")
         ax.grid(alpha=0.3)
@@ -63,9 +78,12 @@ def p99_over_time(table: Any, path: Path) -> Path:
         (line,) = ax.plot(t / 60, p99, label=f"{name} ({len(r.sim.switches)} switches)", drawstyle="steps-post")
         for sw in r.sim.switches:
             ax.axvline(sw.start_s / 60, color=line.get_color(), alpha=0.5, linestyle=":", linewidth=1)
-            ax.plot([sw.start_s / 60], [0], marker="v", color=line.get_color(), clip_on=False)
+            # At the top edge in axes coordinates: y = 0 does not exist on the log scale.
+            ax.plot([sw.start_s / 60], [1.0], marker="v", color=line.get_color(), clip_on=False,
+                    transform=ax.get_xaxis_transform())
     ax.set_yscale("log")
-    ax.set_xlabel("time (min); dotted lines and triangles: switches")
+    plain_log_ticks(ax.yaxis)
+    ax.set_xlabel("time (min); dotted lines and triangles (top): switches")
     ax.set_ylabel("p99 E2E of requests finishing in the interval (s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -91,4 +109,7 @@ def deployment_timeline(table: Any, path: Path) -> Path:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("time (min)")
     ax.set_title("deployment over time (one colour per deployment)")
+    # Segments too short to carry their label are named in the legend.
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, list(colours), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return save_figure(plt, fig, path)
