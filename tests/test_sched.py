@@ -135,8 +135,8 @@ def test_max_flow_csgraph_agrees_with_linprog_and_bounds_it():
 
 
 def test_lps_through_highspy_match_scipy_linprog():
-    """``_solve`` calls HiGHS directly with linprog's highs-ds options: same optimum and duals; with the HiGHS
-    release scipy bundles (constraints.txt pins it) the same vertex too."""
+    """``_solve`` calls HiGHS directly with linprog's highs-ds options: the same optimum; with the HiGHS
+    release scipy bundles (constraints.txt pins it) the same vertex and duals too."""
     import highspy
     from scipy.optimize import linprog
 

@@ -60,8 +60,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
 import highspy
+import numpy as np
 
 from oserve_rl.errors import ConfigError
 
@@ -180,6 +180,7 @@ def _solve(c, a_ub, b_ub, a_eq=None, b_eq=None) -> _LPSolution:
         upper = np.concatenate([upper, b_eq])
     n_var = a.shape[1]
     h = highspy.Highs()
+    # simplex_strategy 1: dual simplex (HiGHS's kSimplexStrategyDual, which highspy does not export by name).
     for option, value in (("output_flag", False), ("solver", "simplex"), ("simplex_strategy", 1)):
         h.setOptionValue(option, value)
     h.addVars(n_var, np.zeros(n_var), np.full(n_var, highspy.kHighsInf))
