@@ -18,7 +18,7 @@ import numpy as np
 
 
 def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, episode_s: float = 1800.0,
-              episodes: int = 2, seed: int = 0, policy: str = "random", predictor: str = "lstm") -> dict[str, Any]:
+              episodes: int = 4, seed: int = 0, policy: str = "random", predictor: str = "lstm") -> dict[str, Any]:
     from oserve_rl.envs.deploy import DeployEnv
     from oserve_rl.policy import loop as loop_mod
 
@@ -58,15 +58,19 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
 def add_parser(sub) -> None:
     p = sub.add_parser("env", help="Deploy-v0 steps per CPU-second", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cluster", default="h100x32")
-    p.add_argument("--model", default="llama-2-70b")
-    p.add_argument("--trace", default="azure-conv")
-    p.add_argument("--rate-scale", type=float, default=1.0)
-    p.add_argument("--episode-s", type=float, default=1800.0)
-    p.add_argument("--episodes", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--policy", choices=["random", "keep"], default="random", help="random valid actions (default) or keep")
-    p.add_argument("--predictor", default="lstm")
+    p.add_argument("--cluster", default="h100x32", help="cluster preset (default: %(default)s)")
+    p.add_argument("--model", default="llama-2-70b", help="model (default: %(default)s)")
+    p.add_argument("--trace", default="azure-conv", help="trace, at its own rate times --rate-scale (default: %(default)s)")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="load multiplier on the trace (default: %(default)s)")
+    p.add_argument("--episode-s", type=float, default=1800.0,
+                   help="episode length in simulated seconds; steps are 60 s (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=4,
+                   help="episodes timed after one warm-up reset; single short runs spread by +-20%% on a shared "
+                        "machine (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the random actions (default: %(default)s)")
+    p.add_argument("--policy", choices=["random", "keep"], default="random",
+                   help="random valid actions, or always keep (a settled agent) (default: %(default)s)")
+    p.add_argument("--predictor", default="lstm", help="the shared forecast: lstm, ewma, last-value or moving-average (default: %(default)s)")
     p.add_argument("--json", help="write the result as JSON here ('-' for stdout)")
 
 

@@ -161,3 +161,16 @@ def test_checkpoint_from_another_space_is_refused(tmp_path):
     check_compatible(run / "model.zip", trained)  # same space: fine
     with pytest.raises(CheckpointError, match="num_candidates"):
         check_compatible(run / "model.zip", make_config(SMALL))
+
+
+def test_bench_env_cli_prints_steps_per_cpu_second_and_the_simulator_share(capsys):
+    import json
+
+    from oserve_rl.__main__ import main
+
+    rc = main(["bench", "env", "--cluster", "h100x8", "--episode-s", "180", "--episodes", "2", "--predictor", "ewma",
+               "--json", "-"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["steps"] == 2 * 3 and res["policy"] == "random" and res["interval_s"] == 60.0
+    assert res["steps_per_cpu_s"] > 0 and 0 < res["simulator_share"] < 1
