@@ -60,17 +60,20 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster", default="h100x32", help="cluster preset (default: %(default)s)")
     p.add_argument("--model", default="llama-2-70b", help="model (default: %(default)s)")
-    p.add_argument("--trace", default="azure-conv", help="trace, at its own rate times --rate-scale (default: %(default)s)")
+    p.add_argument("--trace", default="azure-conv",
+                   help="trace, at its own rate times --rate-scale (default: %(default)s)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="load multiplier on the trace (default: %(default)s)")
     p.add_argument("--episode-s", type=float, default=1800.0,
                    help="episode length in simulated seconds; steps are 60 s (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=4,
                    help="episodes timed after one warm-up reset; single short runs spread by +-20%% on a shared "
                         "machine (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the random actions (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the episodes and the random actions (default: %(default)s)")
     p.add_argument("--policy", choices=["random", "keep"], default="random",
                    help="random valid actions, or always keep (a settled agent) (default: %(default)s)")
-    p.add_argument("--predictor", default="lstm", help="the shared forecast: lstm, ewma, last-value or moving-average (default: %(default)s)")
+    p.add_argument("--predictor", default="lstm",
+                   help="the shared forecast: lstm, ewma, last-value or moving-average (default: %(default)s)")
     p.add_argument("--json", help="write the result as JSON here ('-' for stdout)")
 
 
