@@ -44,6 +44,8 @@ def test_run_directory_has_config_checkpoint_and_summary(tiny_run):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["algo"] == "maskable_ppo" and saved["env"]["clusters"] == ["h100x8"]
     assert "validation" in r.stdout and "oserve" in r.stdout
+    # A line per evaluation while training (eval.every_steps 20), so a run logged to a file shows progress.
+    assert "step 20/40" in r.stdout and "validation p99 E2E agent" in r.stdout
 
 
 def test_tensorboard_events_hold_agent_and_heuristics_under_shared_tags(tiny_run):

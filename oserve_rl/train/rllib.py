@@ -48,7 +48,7 @@ import numpy as np
 
 from oserve_rl.errors import CheckpointError, ConfigError
 from oserve_rl.train.config import TrainConfig
-from oserve_rl.train.validation import evaluate_on_windows, heuristic_baselines, validation_scenarios
+from oserve_rl.train.validation import evaluate_on_windows, heuristic_baselines, validation_line, validation_scenarios
 
 ENV_NAME = "oserve_rl_deploy_masked"
 MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
@@ -406,6 +406,7 @@ def _train(cfg: TrainConfig, run_dir: Path, config: Any, training: dict[str, Any
                 for k, v in metrics.items():
                     writer.add_scalar(f"eval/{k}/{name}", v, steps)
             writer.flush()
+            print(validation_line(steps, cfg.total_steps, time.perf_counter() - t0, res), flush=True)
             history.append({"step": steps, **res})
             p99 = res["agent"]["p99_e2e_s"]
             if p99 < best:

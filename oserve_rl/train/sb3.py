@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from oserve_rl.train.config import TrainConfig
-from oserve_rl.train.validation import evaluate_on_windows, heuristic_baselines, validation_scenarios
+from oserve_rl.train.validation import evaluate_on_windows, heuristic_baselines, validation_line, validation_scenarios
 
 
 def algo_class(algo: str):
@@ -120,8 +120,10 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
             for name, metrics in res.items():
                 for k, v in metrics.items():
                     self.logger.record(f"eval/{k}/{name}", v)
-            self.logger.record("time/steps_per_s", self.num_timesteps / max(time.perf_counter() - self.t0, 1e-9))
+            elapsed_s = time.perf_counter() - self.t0
+            self.logger.record("time/steps_per_s", self.num_timesteps / max(elapsed_s, 1e-9))
             self.logger.dump(self.num_timesteps)
+            print(validation_line(self.num_timesteps, cfg.total_steps, elapsed_s, res), flush=True)
             self.history.append({"step": self.num_timesteps, **{n: m for n, m in res.items()}})
             p99 = res["agent"]["p99_e2e_s"]
             if p99 < self.best:
@@ -132,7 +134,8 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     model.learn(total_timesteps=cfg.total_steps, callback=cb, tb_log_name="sb3", progress_bar=_has_rich())
     train_s = time.perf_counter() - t0
-    cb.evaluate()
+    if not cb.history or cb.history[-1]["step"] != model.num_timesteps:  # the callback may just have evaluated
+        cb.evaluate()
     model.save(run_dir / "model.zip")
     summary = {"train_s": train_s, "steps": int(model.num_timesteps),
                "steps_per_s": model.num_timesteps / max(train_s, 1e-9), "final": cb.history[-1],

@@ -41,5 +41,13 @@ def evaluate_on_windows(env: Any, act: Callable[[dict[str, np.ndarray], Any], in
     return out
 
 
+def validation_line(step: int, total_steps: int, elapsed_s: float, res: dict[str, dict[str, float]]) -> str:
+    """One line per evaluation, printed as training goes: a run logged to a file (no live progress bar
+    there) shows how far it is and how the agent compares, without opening TensorBoard."""
+    p99 = " | ".join(f"{name} {m['p99_e2e_s']:.2f} s" for name, m in res.items())
+    return (f"step {step:,}/{total_steps:,} ({step / max(elapsed_s, 1e-9):.1f} steps/s): "
+            f"validation p99 E2E {p99}")
+
+
 def heuristic_baselines(env: Any, names: list[str], scenarios: list[tuple[Scenario, int]]) -> dict[str, dict[str, float]]:
     return {name: evaluate_on_windows(env, env_policy(name), scenarios) for name in names}
