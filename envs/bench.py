@@ -1,9 +1,11 @@
 """``python -m oserve_rl bench env``: environment steps per CPU-second with random valid actions.
 
 Reports CPU time (process time: other jobs on the machine do not count), the
-share of it spent inside the simulator (``ControlLoop.advance``), and the
-same for an always-keep policy (a settled agent switches rarely; random
-actions switch almost every step, which costs plans, migrations and LPs).
+share of it spent inside the simulator (``ControlLoop.advance``) and in turning
+actions into decisions (``DeployEnv.decision_for``: OServe's search and dispatch
+ranking), and the same for an always-keep policy (a settled agent switches
+rarely; random actions switch almost every step, which costs plans,
+migrations and LPs).
 """
 
 from __future__ import annotations
@@ -12,31 +14,44 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 
+@contextmanager
+def _cpu_timed(cls: type, method: str, totals: dict[str, float], key: str) -> Iterator[None]:
+    """Add the process time spent in ``cls.method`` to ``totals[key]`` while the block runs."""
+    orig = getattr(cls, method)
+
+    def timed(self, *args, **kwargs):
+        t = time.process_time()
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            totals[key] += time.process_time() - t
+
+    setattr(cls, method, timed)
+    try:
+        yield
+    finally:
+        setattr(cls, method, orig)
+
+
 def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, episode_s: float = 1800.0,
               episodes: int = 4, seed: int = 0, policy: str = "random", predictor: str = "lstm") -> dict[str, Any]:
     from oserve_rl.envs.deploy import DeployEnv
-    from oserve_rl.policy import loop as loop_mod
+    from oserve_rl.policy.loop import ControlLoop
 
     env = DeployEnv(cluster=cluster, model=model, trace=trace, rate_scale=rate_scale, episode_s=episode_s,
                     predictor=predictor, invalid_action="error")
-    sim_cpu = [0.0]
-    orig = loop_mod.ControlLoop.advance
-
-    def timed(self):
-        t = time.process_time()
-        orig(self)
-        sim_cpu[0] += time.process_time() - t
-
+    cpu = {"simulator": 0.0, "decisions": 0.0}
     rng = np.random.default_rng(seed)
     steps = 0
-    loop_mod.ControlLoop.advance = timed
-    try:
-        env.reset(seed=seed)  # builds and caches the candidate set: set-up, not per-step cost
+    env.reset(seed=seed)  # builds and caches the candidate set: set-up, not per-step cost
+    with _cpu_timed(ControlLoop, "advance", cpu, "simulator"), _cpu_timed(DeployEnv, "decision_for", cpu, "decisions"):
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for ep in range(episodes):
             env.reset(seed=seed + ep)
@@ -47,12 +62,11 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
                 if term or trunc:
                     break
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-    finally:
-        loop_mod.ControlLoop.advance = orig
     return {"cluster": cluster, "model": model, "trace": trace, "rate_scale": rate_scale, "policy": policy,
             "interval_s": env.cfg.interval_s, "steps": steps, "cpu_s": cpu_s, "wall_s": wall_s,
             "steps_per_cpu_s": steps / cpu_s if cpu_s > 0 else None,
-            "simulator_share": sim_cpu[0] / cpu_s if cpu_s > 0 else None}
+            "simulator_share": cpu["simulator"] / cpu_s if cpu_s > 0 else None,
+            "decision_share": cpu["decisions"] / cpu_s if cpu_s > 0 else None}
 
 
 def add_parser(sub) -> None:
@@ -85,7 +99,8 @@ def main(args) -> int:
     else:
         print(f"{res['steps']} steps of {res['interval_s']:.0f} s on {res['cluster']}, {res['model']}, {res['trace']} "
               f"x{res['rate_scale']:g} ({res['policy']} actions): {res['steps_per_cpu_s']:.1f} steps per CPU-second, "
-              f"{100 * res['simulator_share']:.0f} % of it in the simulator", file=sys.stdout)
+              f"{100 * res['simulator_share']:.0f} % of it in the simulator, {100 * res['decision_share']:.0f} % in "
+              "decisions", file=sys.stdout)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(res, fh, indent=2)

@@ -163,7 +163,7 @@ def test_checkpoint_from_another_space_is_refused(tmp_path):
         check_compatible(run / "model.zip", make_config(SMALL))
 
 
-def test_bench_env_cli_prints_steps_per_cpu_second_and_the_simulator_share(capsys):
+def test_bench_env_cli_prints_steps_per_cpu_second_and_where_the_time_goes(capsys):
     import json
 
     from oserve_rl.__main__ import main
@@ -173,4 +173,5 @@ def test_bench_env_cli_prints_steps_per_cpu_second_and_the_simulator_share(capsy
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["steps"] == 2 * 3 and res["policy"] == "random" and res["interval_s"] == 60.0
-    assert res["steps_per_cpu_s"] > 0 and 0 < res["simulator_share"] < 1
+    assert res["steps_per_cpu_s"] > 0 and 0 < res["simulator_share"] < 1 and 0 < res["decision_share"] < 1
+    assert res["simulator_share"] + res["decision_share"] < 1  # disjoint parts of the step
