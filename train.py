@@ -11,6 +11,7 @@ logged under eval/<metric>/<policy> in TensorBoard.
 examples:
   python train.py --config configs/train/quickstart.yaml
   python train.py --config configs/train/quickstart.yaml --algo ppo --total-steps 5000 --seed 1
+  python train.py --config configs/train/azure_code_busy.yaml --n-envs 8 --vec-env subproc
   ray start --head --port 6379 && python train.py --config configs/train/quickstart.yaml \\
       --backend rllib --ray-address 127.0.0.1:6379 --num-env-runners 1
   tensorboard --logdir runs/
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", choices=["ppo", "maskable_ppo", "dqn", "a2c"], help="algorithm (rllib: ppo only)")
     p.add_argument("--total-steps", type=int, help="environment steps (decision intervals) to train for")
     p.add_argument("--seed", type=int, help="seed for the env draws, the network and the algorithm")
+    p.add_argument("--n-envs", type=int, help="env copies per rollout (sb3; PPO collects n_steps from each)")
+    p.add_argument("--vec-env", choices=["dummy", "subproc"],
+                   help="sb3: step the n_envs copies in this process (dummy) or in parallel worker processes "
+                        "(subproc: for machines with a core per copy)")
     p.add_argument("--logdir", default="runs", help="parent of the run directory (default runs/)")
     p.add_argument("--run-name", help="run directory name (default: <config stem>-<algo>-s<seed>)")
     p.add_argument("--ray-address", help="Ray cluster to join: 'auto' or HOST:PORT (rllib backend)")
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         from oserve_rl.train.config import load_train_config
 
         cfg = load_train_config(args.config, backend=args.backend, algo=args.algo, total_steps=args.total_steps,
-                                seed=args.seed, ray_address=args.ray_address, num_env_runners=args.num_env_runners)
+                                seed=args.seed, n_envs=args.n_envs, vec_env=args.vec_env,
+                                ray_address=args.ray_address, num_env_runners=args.num_env_runners)
         if cfg.backend == "rllib" and cfg.algo != "ppo":
             cfg = cfg.model_copy(update={"algo": "ppo"}) if args.algo is None else cfg
             if cfg.algo != "ppo":

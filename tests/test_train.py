@@ -103,3 +103,24 @@ def test_every_shipped_train_config_validates(path):
     cfg = load_train_config(path)
     assert cfg.total_steps > 0
     make_config(cfg.env)  # the env options are valid Deploy-v0 options too
+
+
+@pytest.mark.slow
+def test_subproc_vec_env_trains_exactly_as_in_process(tmp_path):
+    """vec_env: subproc only moves the env copies into worker processes: the same seed gives the same policy."""
+    import zipfile
+
+    weights = {}
+    for kind in ("dummy", "subproc"):
+        (tmp_path / kind).mkdir()
+        r = _train(tmp_path / kind, {**TINY, "n_envs": 2, "hyperparams": {**TINY["hyperparams"], "n_steps": 10}},
+                   "--vec-env", kind)
+        assert r.returncode == 0, r.stderr[-3000:]
+        with zipfile.ZipFile(tmp_path / kind / "runs" / "tiny" / "model.zip") as z:
+            weights[kind] = z.read("policy.pth")
+    assert weights["dummy"] == weights["subproc"]
+
+
+def test_vec_env_is_an_sb3_option(tmp_path):
+    r = _train(tmp_path, {**TINY, "backend": "rllib", "algo": "ppo", "init_action_bias": {}, "vec_env": "subproc"})
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "num_env_runners" in r.stderr

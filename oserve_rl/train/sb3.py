@@ -1,7 +1,8 @@
 """Stable-Baselines3 backend: PPO, MaskablePPO (sb3-contrib), DQN, A2C on ``Deploy-v0``.
 
 The loop, top to bottom: build the env (a plain ``gymnasium.Env``, one per
-``n_envs`` in a DummyVecEnv), build the algorithm from the YAML
+``n_envs``, stepped in this process or, with ``vec_env: subproc``, in worker
+processes), build the algorithm from the YAML
 hyperparameters, ``learn`` with a callback that every ``eval.every_steps``
 runs the agent and the heuristics on the validation windows and logs
 ``eval/<metric>/<policy>`` to TensorBoard, then save ``model.zip`` (and
@@ -78,10 +79,12 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import HParam
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     torch.set_num_threads(cfg.torch_threads)
-    env = DummyVecEnv([lambda i=i: make_env(cfg, cfg.seed + i) for i in range(cfg.n_envs)])
+    factories = [lambda i=i: make_env(cfg, cfg.seed + i) for i in range(cfg.n_envs)]
+    # forkserver: workers start from a clean interpreter, not a fork of this one with torch's threads running.
+    env = SubprocVecEnv(factories, start_method="forkserver") if cfg.vec_env == "subproc" else DummyVecEnv(factories)
     cls = algo_class(cfg.algo)
     hp = dict(cfg.hyperparams)
     model = cls("MultiInputPolicy", env, seed=cfg.seed, verbose=0, tensorboard_log=str(run_dir / "tb"),
@@ -137,6 +140,7 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     if not cb.history or cb.history[-1]["step"] != model.num_timesteps:  # the callback may just have evaluated
         cb.evaluate()
     model.save(run_dir / "model.zip")
+    env.close()
     summary = {"train_s": train_s, "steps": int(model.num_timesteps),
                "steps_per_s": model.num_timesteps / max(train_s, 1e-9), "final": cb.history[-1],
                "best_p99_e2e_s": cb.best, "history": cb.history}
