@@ -270,7 +270,7 @@ class DeployEnv(gym.Env):
 
         sim = self.loop.sim
         if self.loop.done:
-            sim.run()  # only finishes in-flight work: the window's arrivals are all in
+            sim.finish()  # only finishes in-flight work: the window's arrivals are all in
         s = metrics.summary(sim.rec, slo_ttft_s=self.cfg.slo_ttft_s, slo_tpot_s=self.cfg.slo_tpot_s)
         return {"p99_e2e_s": s["e2e_s"]["p99"], "p50_e2e_s": s["e2e_s"]["p50"], "slo_attainment": s["slo"]["attainment"],
                 "throughput_rps": s["throughput_rps"], "switches": len(sim.switches),

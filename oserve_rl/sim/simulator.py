@@ -350,13 +350,7 @@ class ClusterSimulator:
         """Run to ``until_s`` (requests still going then stay in flight) or until every request ends."""
         wall0, cpu0 = time.perf_counter(), time.process_time()
         if until_s is None:
-            self.step_to(float(self.rec.arrival_s[-1]))
-            while self._events:  # switches and ready events after the last arrival
-                self._run_events_until(self._events[0][0])
-            for eng in self.replicas:
-                if eng is not None:
-                    eng.advance_to(_INF)
-            end = float(np.nanmax(np.r_[self.rec.finish_s[np.isfinite(self.rec.finish_s)], self.now_s]))
+            end = self.finish()
         else:
             self.step_to(float(until_s))
             end = float(until_s)
@@ -368,6 +362,17 @@ class ClusterSimulator:
                             "requests_per_cpu_s": self.rec.n / cpu_s if cpu_s > 0 else None,
                             "sim_s_per_wall_s": sim_s / wall_s if wall_s > 0 else None})
         return res
+
+    def finish(self) -> float:
+        """Run until every request has ended (all arrivals, then the work in flight); returns the time the
+        last one ended. ``run()`` without ``until_s`` is this plus the result's metrics."""
+        self.step_to(float(self.rec.arrival_s[-1]))
+        while self._events:  # switches and ready events after the last arrival
+            self._run_events_until(self._events[0][0])
+        for eng in self.replicas:
+            if eng is not None:
+                eng.advance_to(_INF)
+        return float(np.nanmax(np.r_[self.rec.finish_s[np.isfinite(self.rec.finish_s)], self.now_s]))
 
     def result(self, wall_s: float = 0.0, cpu_s: float = 0.0, end_s: float | None = None) -> SimResult:
         rec = self.rec
