@@ -29,6 +29,11 @@ class UnknownNameError(ConfigError):
         shown = ", ".join(valid[:40]) + (" ..." if len(valid) > 40 else "")
         super().__init__(f"unknown {kind} {name!r}{where}{hint} (valid: {shown})")
         self.kind, self.name, self.close = kind, name, close
+        self._init_args = (kind, name, valid, source)
+
+    def __reduce__(self):
+        # Pickled from worker processes (evaluate --jobs, Ray): rebuild from the constructor's arguments.
+        return (type(self), self._init_args)
 
 
 class DoesNotFitError(ConfigError):

@@ -291,7 +291,7 @@ class Ctx:
 
     def eval(self, sc: Scenario, policies: list[Any], name: str) -> EvalTable:
         table = evaluate(sc, policies, self.seeds, forecaster=self.forecaster, decision_delay_s=self.args.decision_delay,
-                         progress=not self.args.no_progress)
+                         progress=not self.args.no_progress, jobs=self.args.jobs)
         table.write(self.out / name, plots=self.args.eval_plots)
         # Every decision of the OServe-family policies (target, switched, alpha, latency proxy, predicted gain):
         # what explains a switch that did not pay.
@@ -315,8 +315,10 @@ def main_policies(ctx: Ctx, ablation: bool, oracle: bool, extra: tuple[str, ...]
     def llumnix() -> Any:
         return make_policy("llumnix", deployment=picks[next(calls)].dep.spec_string())
 
-    pols: list[Any] = [("vllm_static", static), *([("llumnix", llumnix)] if llumnix_too else []), *extra,
-                       "vllm_reload", "oserve"]
+    # In worker processes (--jobs) llumnix cannot read vllm_static's pick: it sweeps on its own, the same
+    # sweep (least-work routing on the same episode), so the same deployment, at the cost of a second sweep.
+    lx: Any = "llumnix" if ctx.args.jobs > 1 else ("llumnix", llumnix)
+    pols: list[Any] = [("vllm_static", static), *([lx] if llumnix_too else []), *extra, "vllm_reload", "oserve"]
     if oracle:
         pols.append("oserve_oracle")
     if ablation:
@@ -747,6 +749,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "first 600 s, overlaps them; 600 starts them after it)")
     p.add_argument("--no-ablation", action="store_true", help="skip the ablation variants")
     p.add_argument("--eval-plots", action="store_true", help="also write evaluate.py's plots per scenario")
+    p.add_argument("--jobs", "-j", type=int, default=1,
+                   help="worker processes for each evaluation's (policy, seed) episodes (default 1; "
+                        "with measured decision times, at most the free cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--from-json", type=Path,
                    help="simulate nothing: re-render the tables, plots and --update-docs block from a results.json")

@@ -196,6 +196,42 @@ def test_evaluate_writes_the_figures_the_issue_asks_for(tmp_path, small):
         assert (out / f).stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_evaluate_in_worker_processes_gives_the_same_figures():
+    """jobs > 1 moves (policy, seed) episodes to worker processes, including a script's own policy factory;
+    every simulated figure is the same (decision_s_* are wall-time measurements: left out)."""
+    from oserve_rl.evaluation import evaluate
+
+    scen = Scenario("h100x8", "llama-2-70b", "azure-conv", rate_scale=1.5, duration_s=240)
+    pols = ["vllm_static", "oserve", ("switch_at_60", lambda: SwitchAt(60.0))]
+    kw = {"seeds": [0, 1], "progress": False, "decision_delay_s": 0.0, "forecaster": make_predictor("ewma")}
+    serial, parallel = evaluate(scen, pols, jobs=1, **kw), evaluate(scen, pols, jobs=2, **kw)
+
+    def simulated(table):
+        return {p: [{k: v for k, v in f.items() if not k.startswith("decision_s")} for f in per_seed]
+                for p, per_seed in table.per_seed.items()}
+
+    assert simulated(parallel) == simulated(serial)
+    assert parallel.per_seed["switch_at_60"][0]["switches"] == 1
+    assert parallel.describe == serial.describe
+
+
+def _unknown_deployment_policy():
+    from oserve_rl.errors import UnknownNameError
+
+    raise UnknownNameError("deployment", "9xTP3", ["4xTP2", "2xTP4"])
+
+
+def test_an_error_in_a_worker_process_is_the_same_clear_error():
+    from oserve_rl.errors import UnknownNameError
+    from oserve_rl.evaluation import evaluate
+
+    scen = Scenario("h100x8", "llama-2-70b", "azure-conv", duration_s=120)
+    with pytest.raises(UnknownNameError, match="unknown deployment '9xTP3'.*valid: 2xTP4, 4xTP2"):
+        evaluate(scen, ["vllm_static", ("bad", _unknown_deployment_policy)], seeds=[0], progress=False,
+                 decision_delay_s=0.0, jobs=2)
+
+
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)

@@ -133,14 +133,22 @@ PolicyFactory = Callable[[], Policy]
 def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFactory]], seeds: Sequence[int] = (0,), *,
              interval_s: float = 60.0, forecaster: Any = None, decision_time_scale: float = 1.0,
              decision_delay_s: float | None = None, mode: str = "fast", progress: bool = True,
-             policy_params: dict[str, dict[str, Any]] | None = None) -> EvalTable:
-    """Run every policy on every seed's episode; ``policies`` are registry names or (label, factory) pairs."""
+             policy_params: dict[str, dict[str, Any]] | None = None, jobs: int = 1) -> EvalTable:
+    """Run every policy on every seed's episode; ``policies`` are registry names or (label, factory) pairs.
+
+    ``jobs`` > 1 runs the (policy, seed) episodes in that many worker processes: the same episodes, and
+    the same simulated figures (bit-identical with ``decision_delay_s``; measured decision times are charged
+    otherwise, and workers competing for cores would lengthen them), in a fraction of the time on a
+    machine with cores to spare.
+    """
     from oserve_rl.agents import make_policy
 
     if not policies:
         raise ConfigError("evaluate: no policies given")
     if not seeds:
         raise ConfigError("evaluate: no seeds given")
+    if int(jobs) < 1:
+        raise ConfigError(f"evaluate: jobs must be >= 1, got {jobs!r}")
     params = policy_params or {}
     named: list[tuple[str, PolicyFactory]] = []
     for p in policies:
@@ -153,32 +161,84 @@ def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFacto
     if len(set(labels)) != len(labels):
         raise ConfigError(f"evaluate: policy names must be unique, got {labels}")
     episodes = {seed: scenario.build(seed=seed) for seed in seeds}
+    run_kw = {"interval_s": interval_s, "forecaster": forecaster, "decision_time_scale": decision_time_scale,
+              "decision_delay_s": decision_delay_s, "mode": mode}
     table = EvalTable(scenario, list(seeds))
-    for label, factory in named:
-        bar = None
-        if progress:
-            from tqdm import tqdm
+    if int(jobs) > 1 and len(named) * len(seeds) > 1:
+        done = _run_parallel(named, episodes, run_kw, int(jobs), progress)
+    else:
+        done = {}
+        intervals = {seed: max(1, math.ceil(ep.duration_s / interval_s - 1e-9)) for seed, ep in episodes.items()}
+        for label, factory in named:
+            bar = None
+            if progress:
+                from tqdm import tqdm
 
-            steps = sum(max(1, math.ceil(ep.duration_s / interval_s - 1e-9)) for ep in episodes.values())
-            bar = tqdm(total=steps, desc=f"{label:>22}", unit="interval", leave=True)
-        results = []
-        for seed in seeds:
-            policy = factory()
-            if hasattr(policy, "run_episode"):  # a trained agent: it acts through the env on this same episode
-                results.append(policy.run_episode(episodes[seed]))
-                if bar is not None:
-                    bar.update(max(1, math.ceil(episodes[seed].duration_s / interval_s - 1e-9)))
-            else:
-                results.append(run_policy(policy, episodes[seed], interval_s=interval_s, forecaster=forecaster,
-                                          decision_time_scale=decision_time_scale,
-                                          decision_delay_s=decision_delay_s, mode=mode, progress=bar))
-            table.describe[label] = policy.describe()
-        if bar is not None:
-            bar.close()
+                bar = tqdm(total=sum(intervals.values()), desc=f"{label:>22}", unit="interval", leave=True)
+            for seed in seeds:
+                done[label, seed] = _run_one(factory, episodes[seed], run_kw, bar)
+            if bar is not None:
+                bar.close()
+    for label, _ in named:
+        results = [done[label, seed][0] for seed in seeds]
+        table.describe[label] = done[label, seeds[-1]][1]
         table.results[label] = results
         table.per_seed[label] = [episode_figures(r) for r in results]
         table.figures[label] = _mean(table.per_seed[label])
     return table
+
+
+def _run_one(factory: PolicyFactory, episode: Any, run_kw: dict[str, Any], bar: Any = None
+             ) -> tuple[EpisodeResult, dict[str, Any]]:
+    """One policy on one episode: (its result, ``policy.describe()``)."""
+    policy = factory()
+    if hasattr(policy, "run_episode"):  # a trained agent: it acts through the env on this same episode
+        res = policy.run_episode(episode)
+        if bar is not None:
+            bar.update(max(1, math.ceil(episode.duration_s / run_kw["interval_s"] - 1e-9)))
+    else:
+        res = run_policy(policy, episode, progress=bar, **run_kw)
+    return res, policy.describe()
+
+
+def _run_pickled(task: bytes) -> tuple[EpisodeResult, dict[str, Any]]:
+    import cloudpickle
+
+    factory, episode, run_kw = cloudpickle.loads(task)
+    return _run_one(factory, episode, run_kw)
+
+
+def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, Any], run_kw: dict[str, Any],
+                  jobs: int, progress: bool) -> dict[tuple[str, int], tuple[EpisodeResult, dict[str, Any]]]:
+    """``_run_one`` for every (policy, seed) in ``jobs`` worker processes. Factories are often lambdas
+    (``make_policy`` with parameters, checkpoint loaders, scripts' variants): cloudpickle carries them."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import cloudpickle
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(named) * len(episodes), desc=f"{len(named)} policies x {len(episodes)} seeds",
+                   unit="episode", leave=True)
+    done = {}
+    # forkserver: workers start from a clean interpreter, not a fork of one with torch's threads running.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        futures = {pool.submit(_run_pickled, cloudpickle.dumps((factory, episodes[seed], run_kw))): (label, seed)
+                   for label, factory in named for seed in episodes}
+        try:
+            for fut in as_completed(futures):
+                done[futures[fut]] = fut.result()  # a worker's error (e.g. a ConfigError) is raised here
+                if bar is not None:
+                    bar.update(1)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # do not run the rest of the grid after a failure
+            raise
+    if bar is not None:
+        bar.close()
+    return done
 
 
 __all__ = ["FIGURE_KEYS", "EvalTable", "episode_figures", "evaluate"]
