@@ -223,6 +223,13 @@ def clusters() -> dict[str, ClusterSpec]:
     return _load_section(configs_dir() / "clusters" / "clusters.yaml", "clusters", ClusterSpec)
 
 
+@lru_cache(maxsize=None)
+def _alias_index(section: str) -> dict[str, str]:
+    """Name and alias (lower case) -> catalog name. Built once: get_gpu runs on simulation hot paths
+    (prices and placements at every env step)."""
+    return _index(gpus(), "aliases") if section == "gpus" else _index(models(), "hf_ids")
+
+
 def _index(items: dict[str, Any], alias_attr: str) -> dict[str, str]:
     idx = {}
     for name, spec in items.items():
@@ -236,7 +243,7 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
     if isinstance(name, GPUSpec):
         return name
     g = gpus()
-    idx = _index(g, "aliases")
+    idx = _alias_index("gpus")
     key = str(name).strip().lower()
     if key not in idx:
         raise UnknownNameError("GPU", name, idx)
@@ -247,7 +254,7 @@ def get_model(name: str | ModelSpec) -> ModelSpec:
     if isinstance(name, ModelSpec):
         return name
     m = models()
-    idx = _index(m, "hf_ids")
+    idx = _alias_index("models")
     key = str(name).strip().lower()
     if key not in idx:
         raise UnknownNameError("model", name, list(m))
