@@ -28,6 +28,9 @@ def _perf_parser(sub) -> None:
                                     "write oserve_rl/perf/data/calibration.json. Never edit that file by hand.")
     cal.add_argument("--data-dir", help="profiles in Vidur's layout (default: $OSERVE_CALIBRATION_DIR or "
                                         "../shared/calibration/vidur)")
+    cal.add_argument("--extra-data-dir", action="append", default=[], metavar="DIR",
+                     help="more profiles in Vidur's layout read with --data-dir's, e.g. a GPU measured with "
+                          "scripts/profile_gpu.py (repeatable; its folder name must be a catalog GPU)")
     cal.add_argument("--out", help="where to write the parameter file (default: the packaged one)")
     val = ps.add_parser("validate", help="error of the model on held-out measured rows",
                         description="Compare the model with measured rows no fit has seen; prints a summary and "
@@ -52,7 +55,7 @@ def _perf_main(args) -> int:
 
         from oserve_rl.perf import fit
 
-        inputs = fit.load_inputs(args.data_dir)
+        inputs = fit.load_inputs(args.data_dir, extra_dirs=tuple(args.extra_data_dir))
         print(f"fitting on {inputs.data_dir} (held out: {inputs.holdout})", file=sys.stderr)
         doc = fit.calibrate(inputs, progress=lambda m: print(m, file=sys.stderr))
         path = fit.write_params(doc, Path(args.out) if args.out else fit.PARAMS_PATH)

@@ -281,3 +281,30 @@ def test_collectives_on_cpu_gloo_match_vidur_network_schema(tmp_path):
     reader = pytest.importorskip("oserve_rl.perf.calibration_data")
     net_df = reader.load_network(tmp_path)
     assert set(net_df.topology) == {"pairwise_nvlink"} and set(net_df.gpu) == {"testgpu"}
+
+
+def test_calibration_reads_an_extra_profile_folder_beside_the_shipped_one(cpu_run, tmp_path):
+    """`perf calibrate --extra-data-dir OUT`: the new GPU's rows join the shipped ones; a folder named after
+    no catalog GPU is one clear error before any fitting."""
+    fit = pytest.importorskip("oserve_rl.perf.fit")
+    from oserve_rl.perf.calibration_data import find_calibration_dir
+
+    try:
+        shipped = find_calibration_dir()
+    except Exception:
+        pytest.skip("no shipped calibration data (../shared/calibration/vidur)")
+    out, _ = cpu_run
+    alone, both = fit.load_inputs(shipped), fit.load_inputs(shipped, extra_dirs=(out,))
+    assert set(both.ops.gpu) == set(alone.ops.gpu) | {"testgpu"}
+    assert len(both.ops) == len(alone.ops) + (both.ops.gpu == "testgpu").sum()
+    assert (both.attention.gpu == "testgpu").any() and len(both.network) == len(alone.network)
+    res = subprocess.run([sys.executable, "-m", "oserve_rl", "perf", "calibrate", "--data-dir", str(shipped),
+                          "--extra-data-dir", str(out), "--out", str(tmp_path / "p.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.count("error:") == 1, res.stderr
+    assert "unknown GPU 'testgpu'" in res.stderr and "h200" in res.stderr and "--gpu-name" in res.stderr
+    assert "fitting a100" not in res.stderr  # refused before the first fit
+    assert not (tmp_path / "p.json").exists()
+    res = subprocess.run([sys.executable, "-m", "oserve_rl", "perf", "calibrate", "--extra-data-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "not a calibration folder" in res.stderr

@@ -43,6 +43,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from oserve_rl.catalog import get_gpu
+from oserve_rl.errors import ConfigError, UnknownNameError
 from oserve_rl.perf.calibration_data import find_calibration_dir, load_attention, load_network, load_ops
 from oserve_rl.perf.curves import interp_log2, sigmoid, smooth_max
 from oserve_rl.perf.ops import ELEMENTWISE_OPS, GEMM_OPS, LayerGeometry
@@ -308,9 +309,22 @@ class CalibrationInputs:
     holdout: Holdout = field(default_factory=Holdout)
 
 
-def load_inputs(data_dir=None, holdout: Holdout | None = None) -> CalibrationInputs:
+def load_inputs(data_dir=None, holdout: Holdout | None = None, extra_dirs: tuple = ()) -> CalibrationInputs:
+    """The measured tables of ``data_dir`` (default: ``find_calibration_dir``) and of each of ``extra_dirs``
+    (e.g. an H200 profiled with ``scripts/profile_gpu.py``), read as one. Extra folders need no network
+    measurements: a GPU without them borrows a profiled GPU's collectives (``calibrate``)."""
     d = find_calibration_dir(data_dir)
-    return CalibrationInputs(op_features(load_ops(d)), load_attention(d), load_network(d), d, holdout or Holdout())
+    ops, attention, network = [load_ops(d)], [load_attention(d)], [load_network(d)]
+    for extra in map(Path, extra_dirs):
+        if not (extra / "profiling" / "compute").is_dir():
+            raise ConfigError(f"{extra}: not a calibration folder: no profiling/compute/ in it (Vidur's layout, "
+                              "which `scripts/profile_gpu.py --out DIR` writes)")
+        ops.append(load_ops(extra))
+        attention.append(load_attention(extra))
+        if (extra / "profiling" / "network").is_dir():
+            network.append(load_network(extra))
+    cat = lambda frames: pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]  # noqa: E731
+    return CalibrationInputs(op_features(cat(ops)), cat(attention), cat(network), d, holdout or Holdout())
 
 
 def calibrate(inputs: CalibrationInputs, progress=None, only_gpus: tuple[str, ...] | None = None) -> dict:
@@ -321,6 +335,12 @@ def calibrate(inputs: CalibrationInputs, progress=None, only_gpus: tuple[str, ..
     net_train = inputs.network[~h.network_mask(inputs.network)]
     gpus: dict[str, dict] = {}
     names = [g for g in sorted(ops_train.gpu.unique()) if only_gpus is None or g in only_gpus]
+    for name in names:  # every GPU folder must name a catalog GPU: check before minutes of fitting
+        try:
+            get_gpu(PROFILED_GPUS.get(name, name))
+        except UnknownNameError as e:
+            raise ConfigError(f"{e}: profiled GPU folders are named after catalog GPUs (scripts/profile_gpu.py "
+                              "--gpu-name); or add the GPU to configs/gpus/gpus.yaml") from None
     for name in names:
         if progress:
             progress(f"fitting {name}")
