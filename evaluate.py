@@ -16,8 +16,10 @@ examples:
   python evaluate.py --config configs/eval/quick.yaml --seeds 0,1,2 --jobs 4   # episodes in 4 processes
 
 Policies: vllm_static, oserve, oserve_oracle, vllm_reload, llumnix,
-threshold_autoscaler, brute_force, or a trained checkpoint as
-ppo:PATH / maskable_ppo:PATH / dqn:PATH / a2c:PATH / rllib:PATH.
+threshold_autoscaler, brute_force, a trained checkpoint as
+ppo:PATH / maskable_ppo:PATH / dqn:PATH / a2c:PATH / rllib:PATH, or your own
+Policy subclass as FILE.py:ClassName or package.module:ClassName
+(docs/policies.md).
 Per-policy parameters go in a --config YAML under `policy_params:`.
 """
 
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-scale", type=float, help="load multiplier keeping the trace's span (default 1)")
     p.add_argument("--duration", type=float, help="episode length in seconds (default: the whole trace)")
     p.add_argument("--start", help="window start in seconds on the trace clock, or 'random' (seeded); default 0")
-    p.add_argument("--policies", help="comma-separated policy names or KIND:CHECKPOINT (default vllm_static,oserve)")
+    p.add_argument("--policies", help="comma-separated policy names, KIND:CHECKPOINT or FILE.py:Class "
+                                       "(default vllm_static,oserve)")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (default 0)")
     p.add_argument("--out", help="output directory (default reports/eval/<cluster>-<model>-<trace>)")
     p.add_argument("--json", help="also write the figures as JSON here ('-' for stdout)")
@@ -118,15 +121,16 @@ def main(argv: list[str] | None = None) -> int:
                             max_model_len=cfg.get("max_model_len"))
         policies: list[Any] = []
         for name in _list(cfg.get("policies", "vllm_static,oserve")):
-            if ":" in name:
-                from oserve_rl.envs.checkpoints import checkpoint_policy
+            if ":" in name:  # a checkpoint (KIND:PATH) or your own policy (FILE.py:Class)
+                from oserve_rl.envs.checkpoints import KINDS, checkpoint_policy
 
-                policies.append((name, checkpoint_policy(name)))
-            else:
-                from oserve_rl.agents import policy_class
+                if name.partition(":")[0] in KINDS:
+                    policies.append((name, checkpoint_policy(name)))
+                    continue
+            from oserve_rl.agents import policy_class
 
-                policy_class(name)  # unknown names fail before anything slow runs
-                policies.append(name)
+            policy_class(name)  # unknown names fail before anything slow runs
+            policies.append(name)
         seeds = _list(cfg.get("seeds", "0"), int)
         out = Path(cfg.get("out") or f"reports/eval/{scenario.cluster}-{scenario.model}-{Path(scenario.trace).stem}")
         forecaster = load_forecaster(cfg.get("predictor", "lstm"))

@@ -7,6 +7,10 @@ control loop (``oserve_rl.policy.run_policy``) and, as an env policy, through
     >>> from oserve_rl.agents import make_policy, policy_names
     >>> policy = make_policy("vllm_static")
 
+Your own policies load by ``"path/to/file.py:ClassName"`` or
+``"package.module:ClassName"`` wherever a policy name is accepted
+(``make_policy``, evaluate.py's ``--policies``): docs/policies.md.
+
 | name | what it does |
 |---|---|
 | vllm_static | the best single homogeneous deployment for the whole episode (a sweep, with hindsight), least-work routing |
@@ -21,6 +25,9 @@ control loop (``oserve_rl.policy.run_policy``) and, as an env policy, through
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+from pathlib import Path
 from typing import Any
 
 from oserve_rl.errors import ConfigError, UnknownNameError
@@ -43,11 +50,43 @@ def policy_names() -> tuple[str, ...]:
 
 
 def policy_class(name: str) -> type[Policy]:
+    """A registry name, or your own policy as ``path/to/file.py:ClassName`` or ``package.module:ClassName``
+    (a ``Policy`` subclass; docs/policies.md)."""
+    if ":" in str(name):
+        return _user_policy_class(str(name))
     key = str(name).strip().lower().replace("-", "_")
     if key not in _REGISTRY:
         raise UnknownNameError("policy", name, list(_REGISTRY))
     module, cls = _REGISTRY[key].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def _user_policy_class(spec: str) -> type[Policy]:
+    where, _, cls_name = spec.rpartition(":")
+    hint = "give FILE.py:ClassName or package.module:ClassName"
+    if not where or not cls_name:
+        raise ConfigError(f"policy {spec!r}: {hint}")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise ConfigError(f"policy {spec!r}: no file {path}; {hint}")
+        module_name = f"oserve_rl_user_policy_{path.stem}"
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[module_name] = module  # dataclasses and pickling (evaluate --jobs) look modules up there
+        loader.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ConfigError(f"policy {spec!r}: cannot import {where!r} ({e}); {hint}") from None
+    cls = getattr(module, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Policy)
+                       and v is not Policy and v.__module__ == module.__name__)
+        raise ConfigError(f"policy {spec!r}: {where} has no Policy subclass {cls_name!r} "
+                          f"(Policy subclasses there: {', '.join(found) or 'none'})")
+    return cls
 
 
 def make_policy(name: str, **params: Any) -> Policy:

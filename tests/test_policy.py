@@ -232,6 +232,49 @@ def test_an_error_in_a_worker_process_is_the_same_clear_error():
                  decision_delay_s=0.0, jobs=2)
 
 
+USER_POLICY = """
+from oserve_rl.cluster import parse_deployment
+from oserve_rl.policy import Decision, Policy
+
+
+class Fixed(Policy):
+    name = "fixed"
+
+    def __init__(self, spec="4xTP2"):
+        self.spec = spec
+
+    def decide(self, state):
+        if state.deployment is None:
+            return Decision(parse_deployment(self.spec, self.ctx.cluster, self.ctx.model), router="least_work")
+        return Decision()
+"""
+
+
+def test_your_own_policy_loads_from_a_file_and_bad_specs_are_clear_errors(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(USER_POLICY)
+    policy = make_policy(f"{path}:Fixed", spec="2xTP4")
+    assert isinstance(policy, Policy) and policy.spec == "2xTP4"
+    with pytest.raises(ConfigError, match=r"no Policy subclass 'Fixd'.*Policy subclasses there: Fixed"):
+        make_policy(f"{path}:Fixd")
+    with pytest.raises(ConfigError, match="no file"):
+        make_policy(f"{tmp_path / 'nope.py'}:Fixed")
+    with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
+        make_policy("no_such_module:Fixed")
+
+
+@pytest.mark.slow
+def test_evaluate_cli_runs_your_own_policy_in_worker_processes(tmp_path):
+    (tmp_path / "mine.py").write_text(USER_POLICY)
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--cluster", "h100x8", "--model", "llama-2-70b",
+                        "--trace", "azure-conv", "--duration", "180", "--predictor", "ewma", "--no-plots",
+                        "--policies", "vllm_static,mine.py:Fixed", "--jobs", "2", "--json", "r.json",
+                        "--out", "out"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = json.loads((tmp_path / "r.json").read_text())
+    assert set(figures) == {"vllm_static", "mine.py:Fixed"} and figures["mine.py:Fixed"]["e2e_s"]["p99"] > 0
+
+
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
