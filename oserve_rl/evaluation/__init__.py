@@ -217,12 +217,12 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
 
     import cloudpickle
 
-    bar = None
-    if progress:
+    bars: dict[str, Any] = {}
+    if progress:  # a bar per policy, as in the serial loop; they move by whole episodes here
         from tqdm import tqdm
 
-        bar = tqdm(total=len(named) * len(episodes), desc=f"{len(named)} policies x {len(episodes)} seeds",
-                   unit="episode", leave=True)
+        bars = {label: tqdm(total=len(episodes), desc=f"{label:>22}", unit="episode", leave=True, position=i)
+                for i, (label, _) in enumerate(named)}
     done = {}
     # forkserver: workers start from a clean interpreter, not a fork of one with torch's threads running.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
@@ -231,12 +231,12 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
         try:
             for fut in as_completed(futures):
                 done[futures[fut]] = fut.result()  # a worker's error (e.g. a ConfigError) is raised here
-                if bar is not None:
-                    bar.update(1)
+                if bars:
+                    bars[futures[fut][0]].update(1)
         except BaseException:
             pool.shutdown(cancel_futures=True)  # do not run the rest of the grid after a failure
             raise
-    if bar is not None:
+    for bar in bars.values():
         bar.close()
     return done
 
