@@ -114,8 +114,9 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
         cfg.env_config()
     except ConfigError as e:
         raise ConfigError(f"{where}: env: {e}") from None
-    if cfg.backend == "rllib" and cfg.vec_env != "dummy":
-        raise ConfigError(f"{where}: vec_env is for the sb3 backend; RLlib runs envs in parallel with num_env_runners")
+    if cfg.backend == "rllib" and (cfg.vec_env != "dummy" or cfg.n_envs != 1):
+        raise ConfigError(f"{where}: n_envs and vec_env are for the sb3 backend; RLlib runs envs in parallel with "
+                          "num_env_runners (and hyperparams.num_envs_per_env_runner)")
     if cfg.backend == "rllib" and cfg.init_action_bias:
         raise ConfigError(f"{where}: init_action_bias is supported by the sb3 backend only; remove it for --backend rllib")
     return cfg
