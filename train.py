@@ -12,6 +12,8 @@ examples:
   python train.py --config configs/train/quickstart.yaml
   python train.py --config configs/train/quickstart.yaml --algo ppo --total-steps 5000 --seed 1
   python train.py --config configs/train/azure_code_busy.yaml --n-envs 8 --vec-env subproc
+  python train.py --config configs/train/azure_code_busy.yaml --init-from runs/azure_code_busy-maskable_ppo-s0/model.zip \\
+      --total-steps 8000 --run-name azure_code_busy-more
   ray start --head --port 6379 && python train.py --config configs/train/quickstart.yaml \\
       --backend rllib --ray-address 127.0.0.1:6379 --num-env-runners 1
   tensorboard --logdir runs/
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vec-env", choices=["dummy", "subproc"],
                    help="sb3: step the n_envs copies in this process (dummy) or in parallel worker processes "
                         "(subproc: for machines with a core per copy)")
+    p.add_argument("--init-from", metavar="MODEL_ZIP",
+                   help="sb3: continue training this checkpoint (weights, optimiser, hyperparameters, step count) "
+                        "for --total-steps more steps; it must fit the config's env")
     p.add_argument("--logdir", default="runs", help="parent of the run directory (default runs/)")
     p.add_argument("--run-name", help="run directory name (default: <config stem>-<algo>-s<seed>)")
     p.add_argument("--ray-address", help="Ray cluster to join: 'auto' or HOST:PORT (rllib backend)")
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from oserve_rl.train.config import load_train_config
 
         cfg = load_train_config(args.config, backend=args.backend, algo=args.algo, total_steps=args.total_steps,
-                                seed=args.seed, n_envs=args.n_envs, vec_env=args.vec_env,
+                                seed=args.seed, n_envs=args.n_envs, vec_env=args.vec_env, init_from=args.init_from,
                                 ray_address=args.ray_address, num_env_runners=args.num_env_runners)
         if cfg.backend == "rllib" and cfg.algo != "ppo":
             cfg = cfg.model_copy(update={"algo": "ppo"}) if args.algo is None else cfg
@@ -79,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     final = summary.get("final", {})
-    print(f"trained {summary['steps']} steps in {time.perf_counter() - t0:.0f} s "
-          f"({summary['steps_per_s']:.0f} steps/s)")
+    new = summary.get("steps_this_run", summary["steps"])
+    more = f" more ({summary['steps']} in all, from {cfg.init_from})" if cfg.init_from else ""
+    print(f"trained {new} steps{more} in {time.perf_counter() - t0:.0f} s ({summary['steps_per_s']:.0f} steps/s)")
     for name, m in final.items():
         if isinstance(m, dict):
             print(f"  validation {name:>12}: p99 E2E {m['p99_e2e_s']:.2f} s, SLO attainment {m['slo_attainment']:.3f}, "

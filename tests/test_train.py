@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,26 @@ def test_subproc_vec_env_trains_exactly_as_in_process(tmp_path):
 def test_vec_env_is_an_sb3_option(tmp_path):
     r = _train(tmp_path, {**TINY, "backend": "rllib", "algo": "ppo", "init_action_bias": {}, "vec_env": "subproc"})
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "num_env_runners" in r.stderr
+
+
+def test_init_from_continues_a_checkpoint_and_refuses_one_that_does_not_fit(tiny_run, tmp_path):
+    """--init-from (RL Zoo's --trained-agent): the saved model trains on, its step count carries over, TensorBoard
+    continues; a checkpoint of other spaces or of another algorithm is one clear error."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = tiny_run
+    r = _train(tmp_path, {**TINY, "total_steps": 20}, "--init-from", str(run / "model.zip"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained 20 steps more (60 in all" in r.stdout
+    cont = tmp_path / "runs" / "tiny"
+    summary = json.loads((cont / "train_summary.json").read_text())
+    assert summary["steps"] == 60 and summary["steps_this_run"] == 20
+    acc = EventAccumulator(str(next((cont / "tb").iterdir())))
+    acc.Reload()
+    assert max(e.step for e in acc.Scalars("eval/p99_e2e_s/agent")) == 60
+    other = {**TINY, "env": {**TINY["env"], "num_candidates": 5}}
+    r = _train(tmp_path, other, "--init-from", str(run / "model.zip"), "--run-name", "other")
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "num_candidates" in r.stderr
+    r = _train(tmp_path, {**TINY, "algo": "ppo"}, "--init-from", str(run / "model.zip"), "--run-name", "ppo")
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "algorithm that saved it" in r.stderr
+    assert "Traceback" not in r.stderr

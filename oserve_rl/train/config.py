@@ -66,11 +66,15 @@ class TrainConfig(BaseModel):
     torch_threads: int = Field(1, ge=1)
     hyperparams: dict[str, Any] = {}
     eval: EvalConfig = EvalConfig()
-    # Added to the policy's initial action logits, e.g. {1: 2.0}: start near "do what OServe does" and
+    # Added to a new policy's initial action logits, e.g. {1: 2.0}: start near "do what OServe does" and
     # explore from there instead of from uniformly random switching (sb3 backend; documented in docs/training.md).
+    # Not applied with init_from: a continued policy starts from its checkpoint's logits.
     init_action_bias: dict[int, float] = {}
     num_env_runners: int = Field(0, ge=0)
     ray_address: str | None = None
+    # sb3: continue training this checkpoint (its weights, optimiser state, hyperparameters and step count)
+    # for total_steps more steps, like RL Zoo's --trained-agent. It must fit the env's spaces.
+    init_from: str | None = None
 
     def env_config(self) -> DeployEnvConfig:
         return make_config(self.env)
@@ -117,6 +121,12 @@ def load_train_config(path: str | Path | None = None, **overrides: Any) -> Train
     if cfg.backend == "rllib" and (cfg.vec_env != "dummy" or cfg.n_envs != 1):
         raise ConfigError(f"{where}: n_envs and vec_env are for the sb3 backend; RLlib runs envs in parallel with "
                           "num_env_runners (and hyperparams.num_envs_per_env_runner)")
+    if cfg.init_from is not None:
+        if cfg.backend == "rllib":
+            raise ConfigError(f"{where}: init_from is for the sb3 backend (RLlib restores with Algorithm.from_checkpoint)")
+        from oserve_rl.envs.checkpoints import check_compatible
+
+        check_compatible(cfg.init_from, cfg.env_config())  # exists, and fits the spaces of this config's env
     if cfg.backend == "rllib" and cfg.init_action_bias:
         raise ConfigError(f"{where}: init_action_bias is supported by the sb3 backend only; remove it for --backend rllib")
     return cfg

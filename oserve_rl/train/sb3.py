@@ -7,6 +7,7 @@ hyperparameters, ``learn`` with a callback that every ``eval.every_steps``
 runs the agent and the heuristics on the validation windows and logs
 ``eval/<metric>/<policy>`` to TensorBoard, then save ``model.zip`` (and
 ``best_model.zip``, the best validation p99) beside the resolved config.
+``init_from`` (``--init-from``) continues a saved model instead of starting one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ def make_env(cfg: TrainConfig, seed: int):
     env = Monitor(DeployEnv(env_opts))
     env.reset(seed=seed)
     return env
+
+
+def load_to_continue(cls: Any, cfg: TrainConfig, env: Any, run_dir: Path) -> Any:
+    """``cfg.init_from`` loaded to train on: its weights, optimiser state, hyperparameters and step count (the
+    YAML's ``hyperparams`` do not apply). Its spaces were checked against the env when the config loaded."""
+    from oserve_rl.errors import CheckpointError
+
+    try:
+        model = cls.load(cfg.init_from, env=env, device="cpu", tensorboard_log=str(run_dir / "tb"))
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f"cannot continue {cfg.init_from} with --algo {cfg.algo}: {e} (continue a "
+                              f"checkpoint with the algorithm that saved it)") from None
+    model.set_random_seed(cfg.seed)
+    return model
 
 
 def apply_action_bias(model: Any, bias: dict[int, float]) -> None:
@@ -87,9 +102,12 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     env = SubprocVecEnv(factories, start_method="forkserver") if cfg.vec_env == "subproc" else DummyVecEnv(factories)
     cls = algo_class(cfg.algo)
     hp = dict(cfg.hyperparams)
-    model = cls("MultiInputPolicy", env, seed=cfg.seed, verbose=0, tensorboard_log=str(run_dir / "tb"),
-                device="cpu", **hp)
-    if cfg.init_action_bias:
+    if cfg.init_from:
+        model = load_to_continue(cls, cfg, env, run_dir)
+    else:
+        model = cls("MultiInputPolicy", env, seed=cfg.seed, verbose=0, tensorboard_log=str(run_dir / "tb"),
+                    device="cpu", **hp)
+    if cfg.init_action_bias and not cfg.init_from:
         apply_action_bias(model, cfg.init_action_bias)
     eval_env = make_env(cfg, cfg.seed + 10_000)
     scenarios = validation_scenarios(cfg)
@@ -98,7 +116,7 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     class EvalCallback(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.next_eval = 0
+            self.next_eval = model.num_timesteps  # a continued run counts on from its checkpoint's steps
             self.best = math.inf
             self.baselines: dict[str, dict[str, float]] = {}
             self.history: list[dict[str, Any]] = []
@@ -135,14 +153,17 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
     cb = EvalCallback()
     t0 = time.perf_counter()
-    model.learn(total_timesteps=cfg.total_steps, callback=cb, tb_log_name="sb3", progress_bar=_has_rich())
+    start_steps = model.num_timesteps
+    model.learn(total_timesteps=cfg.total_steps, callback=cb, tb_log_name="sb3", progress_bar=_has_rich(),
+                reset_num_timesteps=not cfg.init_from)
     train_s = time.perf_counter() - t0
     if not cb.history or cb.history[-1]["step"] != model.num_timesteps:  # the callback may just have evaluated
         cb.evaluate()
     model.save(run_dir / "model.zip")
     env.close()
-    summary = {"train_s": train_s, "steps": int(model.num_timesteps),
-               "steps_per_s": model.num_timesteps / max(train_s, 1e-9), "final": cb.history[-1],
+    summary = {"train_s": train_s, "steps": int(model.num_timesteps), "init_from": cfg.init_from,
+               "steps_this_run": int(model.num_timesteps - start_steps),
+               "steps_per_s": (model.num_timesteps - start_steps) / max(train_s, 1e-9), "final": cb.history[-1],
                "best_p99_e2e_s": cb.best, "history": cb.history}
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
