@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oserve_rl.errors import OServeError
 
+    cfg = run_dir = None
     try:
         import yaml
 
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     except OServeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        saved = run_dir / "model.zip" if run_dir is not None else None
+        if cfg is not None and cfg.backend == "sb3" and saved is not None and saved.is_file():
+            print(f"interrupted: {saved} holds the model as it was; continue it with --init-from {saved}",
+                  file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
+        return 130
     final = summary.get("final", {})
     new = summary.get("steps_this_run", summary["steps"])
     more = f" more ({summary['steps']} in all, from {cfg.init_from})" if cfg.init_from else ""

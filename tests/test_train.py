@@ -148,3 +148,22 @@ def test_init_from_continues_a_checkpoint_and_refuses_one_that_does_not_fit(tiny
     r = _train(tmp_path, {**TINY, "algo": "ppo"}, "--init-from", str(run / "model.zip"), "--run-name", "ppo")
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "algorithm that saved it" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_latest_model_to_continue_from(tmp_path):
+    import signal
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "total_steps": 100_000}))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(path), "--logdir",
+                             str(tmp_path / "runs"), "--run-name", "long"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:  # the first evaluation after step 0 has saved a model
+        if line.startswith("step 20/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    saved = tmp_path / "runs" / "long" / "model.zip"
+    assert saved.is_file() and f"continue it with --init-from {saved}" in err and "Traceback" not in err

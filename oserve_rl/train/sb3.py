@@ -150,12 +150,18 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
             if p99 < self.best:
                 self.best = p99
                 self.model.save(run_dir / "best_model.zip")
+            self.model.save(run_dir / "model.zip")  # the latest: what --init-from continues if the run dies
 
     cb = EvalCallback()
     t0 = time.perf_counter()
     start_steps = model.num_timesteps
-    model.learn(total_timesteps=cfg.total_steps, callback=cb, tb_log_name="sb3", progress_bar=_has_rich(),
-                reset_num_timesteps=not cfg.init_from)
+    try:
+        model.learn(total_timesteps=cfg.total_steps, callback=cb, tb_log_name="sb3", progress_bar=_has_rich(),
+                    reset_num_timesteps=not cfg.init_from)
+    except KeyboardInterrupt:
+        model.save(run_dir / "model.zip")  # Ctrl-C keeps the work: continue it with --init-from
+        env.close()
+        raise
     train_s = time.perf_counter() - t0
     if not cb.history or cb.history[-1]["step"] != model.num_timesteps:  # the callback may just have evaluated
         cb.evaluate()
