@@ -135,7 +135,7 @@ def test_init_from_continues_a_checkpoint_and_refuses_one_that_does_not_fit(tiny
     run, _ = tiny_run
     r = _train(tmp_path, {**TINY, "total_steps": 20}, "--init-from", str(run / "model.zip"))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "trained 20 steps more (60 in all" in r.stdout
+    assert "trained 20 steps more (60 in all" in r.stdout and "step 60/60 (" in r.stdout
     cont = tmp_path / "runs" / "tiny"
     summary = json.loads((cont / "train_summary.json").read_text())
     assert summary["steps"] == 60 and summary["steps_this_run"] == 20

@@ -116,7 +116,7 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     class EvalCallback(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.next_eval = model.num_timesteps  # a continued run counts on from its checkpoint's steps
+            self.start = self.next_eval = model.num_timesteps  # a continued run counts on from its checkpoint
             self.best = math.inf
             self.baselines: dict[str, dict[str, float]] = {}
             self.history: list[dict[str, Any]] = []
@@ -142,9 +142,9 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
                 for k, v in metrics.items():
                     self.logger.record(f"eval/{k}/{name}", v)
             elapsed_s = time.perf_counter() - self.t0
-            self.logger.record("time/steps_per_s", self.num_timesteps / max(elapsed_s, 1e-9))
+            self.logger.record("time/steps_per_s", (self.num_timesteps - self.start) / max(elapsed_s, 1e-9))
             self.logger.dump(self.num_timesteps)
-            print(validation_line(self.num_timesteps, cfg.total_steps, elapsed_s, res), flush=True)
+            print(validation_line(self.num_timesteps, cfg.total_steps, elapsed_s, res, self.start), flush=True)
             self.history.append({"step": self.num_timesteps, **{n: m for n, m in res.items()}})
             p99 = res["agent"]["p99_e2e_s"]
             if p99 < self.best:

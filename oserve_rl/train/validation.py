@@ -41,12 +41,14 @@ def evaluate_on_windows(env: Any, act: Callable[[dict[str, np.ndarray], Any], in
     return out
 
 
-def validation_line(step: int, total_steps: int, elapsed_s: float, res: dict[str, dict[str, float]]) -> str:
+def validation_line(step: int, total_steps: int, elapsed_s: float, res: dict[str, dict[str, float]],
+                    start_step: int = 0) -> str:
     """One line per evaluation, printed as training goes: a run logged to a file (no live progress bar
-    there) shows how far it is and how the agent compares, without opening TensorBoard."""
+    there) shows how far it is and how the agent compares, without opening TensorBoard. A run continued
+    from a checkpoint (``start_step`` > 0) counts on from it; its speed is over its own steps."""
     p99 = " | ".join(f"{name} {m['p99_e2e_s']:.2f} s" for name, m in res.items())
-    return (f"step {step:,}/{total_steps:,} ({step / max(elapsed_s, 1e-9):.1f} steps/s): "
-            f"validation p99 E2E {p99}")
+    return (f"step {step:,}/{start_step + total_steps:,} ({(step - start_step) / max(elapsed_s, 1e-9):.1f} "
+            f"steps/s): validation p99 E2E {p99}")
 
 
 def heuristic_baselines(env: Any, names: list[str], scenarios: list[tuple[Scenario, int]]) -> dict[str, dict[str, float]]:
