@@ -14,6 +14,7 @@ examples:
   python evaluate.py --cluster h100x32 --model llama-3.1-70b --trace mooncake-synthetic --policies oserve --out r/mc
   python evaluate.py ... --policies vllm_static,oserve,ppo:runs/quickstart/model.zip
   python evaluate.py --config configs/eval/quick.yaml --seeds 0,1,2 --jobs 4   # episodes in 4 processes
+  python evaluate.py --config configs/eval/quick.yaml --rate-scale 1,2,3,4 --policies vllm_static,oserve
 
 Policies: vllm_static, oserve, oserve_oracle, vllm_reload, llumnix,
 threshold_autoscaler, brute_force, a trained checkpoint as
@@ -43,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", help="cluster preset or YAML (e.g. h100x8, h100x16, h100x32, mixed-a100-h100-h200)")
     p.add_argument("--model", help="model name or Hugging Face id (e.g. llama-2-70b, meta-llama/Llama-3.1-70B)")
     p.add_argument("--trace", help="trace name (azure-conv, azure-code, mooncake-synthetic, servegen:m-large, ...) or path")
-    p.add_argument("--rate-scale", type=float, help="load multiplier keeping the trace's span (default 1)")
+    p.add_argument("--rate-scale", help="load multiplier keeping the trace's span (default 1); several, "
+                                         "comma-separated (2,4,6), compare the policies across loads (sweep.md, "
+                                         "sweep_p99.png; one folder per load)")
     p.add_argument("--duration", type=float, help="episode length in seconds (default: the whole trace)")
     p.add_argument("--start", help="window start in seconds on the trace clock, or 'random' (seeded); default 0")
     p.add_argument("--policies", help="comma-separated policy names, KIND:CHECKPOINT or FILE.py:Class "
@@ -114,11 +117,19 @@ def main(argv: list[str] | None = None) -> int:
 
         start = cfg.get("start", 0.0)
         start = start if start == "random" else float(start)
-        scenario = Scenario(cluster=cfg["cluster"], model=cfg["model"], trace=str(cfg["trace"]),
-                            rate_scale=float(cfg.get("rate_scale", 1.0)), duration_s=cfg.get("duration"),
-                            start_s=start, num_types=int(cfg.get("num_types", 4)),
-                            slo_ttft_s=cfg.get("slo_ttft", 2.0), slo_tpot_s=cfg.get("slo_tpot", 0.1),
-                            max_model_len=cfg.get("max_model_len"))
+        try:
+            scales = _list(cfg.get("rate_scale", 1.0), float)
+        except ValueError:
+            raise ConfigError(f"--rate-scale {cfg.get('rate_scale')!r}: give a number or comma-separated numbers "
+                              "(e.g. 2 or 2,4,6)") from None
+        if not scales or len(set(scales)) != len(scales):
+            raise ConfigError(f"--rate-scale {cfg.get('rate_scale')!r}: give distinct loads, e.g. 2,4,6")
+        scenarios = {s: Scenario(cluster=cfg["cluster"], model=cfg["model"], trace=str(cfg["trace"]),
+                                 rate_scale=s, duration_s=cfg.get("duration"), start_s=start,
+                                 num_types=int(cfg.get("num_types", 4)), slo_ttft_s=cfg.get("slo_ttft", 2.0),
+                                 slo_tpot_s=cfg.get("slo_tpot", 0.1), max_model_len=cfg.get("max_model_len"))
+                     for s in scales}
+        scenario = scenarios[scales[0]]
         policies: list[Any] = []
         for name in _list(cfg.get("policies", "vllm_static,oserve")):
             if ":" in name:  # a checkpoint (KIND:PATH) or your own policy (FILE.py:Class)
@@ -137,14 +148,31 @@ def main(argv: list[str] | None = None) -> int:
         params = cfg.get("policy_params") or {}
         if not isinstance(params, dict):
             raise ConfigError("policy_params must map policy names to parameter mappings")
-        table = evaluate(scenario, policies, seeds, interval_s=float(cfg.get("interval", 60.0)),
-                         forecaster=forecaster, decision_time_scale=float(cfg.get("decision_time_scale", 1.0)),
-                         decision_delay_s=cfg.get("decision_delay"), mode=cfg.get("mode", "fast"),
-                         policy_params=params, jobs=int(cfg.get("jobs", 1)))
-        table.write(out, cfg.get("json"), plots=not cfg.get("no_plots"))
+        run = {"interval_s": float(cfg.get("interval", 60.0)), "forecaster": forecaster,
+               "decision_time_scale": float(cfg.get("decision_time_scale", 1.0)),
+               "decision_delay_s": cfg.get("decision_delay"), "mode": cfg.get("mode", "fast"),
+               "policy_params": params, "jobs": int(cfg.get("jobs", 1))}
+        plots = not cfg.get("no_plots")
+        if len(scales) == 1:
+            table = evaluate(scenario, policies, seeds, **run)
+            table.write(out, cfg.get("json"), plots=plots)
+        else:
+            from oserve_rl.evaluation import write_sweep
+
+            tables = {}
+            for s in scales:
+                print(f"== load {s:g}x", file=sys.stderr)
+                tables[s] = evaluate(scenarios[s], policies, seeds, **run)
+                tables[s].write(out / f"rate-{s:g}", plots=plots)
+            sweep_md = write_sweep(tables, out, cfg.get("json"), plots=plots)
     except OServeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if len(scales) > 1:
+        print(sweep_md)
+        print(f"\nwrote {out}/sweep.md, sweep.json" + ("" if cfg.get("no_plots") else ", sweep_p99.png")
+              + f", and each load's tables and plots in {out}/rate-<load>/")
+        return 0
     print(table.markdown())
     print(f"\nwrote {out}/table.md, table.csv, results.json, per_seed.csv"
           + ("" if cfg.get("no_plots") else ", latency_cdf.png, p99_over_time.png, deployment_timeline.png"))

@@ -294,6 +294,22 @@ def test_evaluate_cli_bad_input_is_one_clear_error(tmp_path):
     assert r.returncode == 2 and "slo_ttft_s" in r.stderr
 
 
+def test_evaluate_cli_sweeps_loads(tmp_path):
+    r = _evaluate("--cluster", "h100x8", "--model", "llama-2-70b", "--trace", "azure-conv", "--duration", "180",
+                  "--rate-scale", "0.5,1.5", "--predictor", "ewma", "--policies", "vllm_static,oserve", "--out",
+                  str(tmp_path), "--json", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = json.loads((tmp_path / "s.json").read_text())
+    assert set(sweep) == {"0.5", "1.5"} and all(set(f) == {"vllm_static", "oserve"} for f in sweep.values())
+    assert sweep["1.5"]["vllm_static"]["throughput_rps"] > sweep["0.5"]["vllm_static"]["throughput_rps"]
+    for f in ("sweep.md", "sweep_p99.png", "rate-0.5/table.md", "rate-1.5/results.json"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert "p99 E2E s @1.5x" in r.stdout
+    r = _evaluate("--cluster", "h100x8", "--model", "llama-2-70b", "--trace", "azure-conv", "--rate-scale", "2,x",
+                  "--out", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "comma-separated numbers" in r.stderr
+
+
 def test_a_forecasting_policy_without_a_predictor_is_refused(small):
     with pytest.raises(ConfigError, match="needs a trained predictor"):
         run_policy(make_policy("oserve"), small, forecaster=None)

@@ -104,17 +104,23 @@ class EvalTable:
         (out / "results.json").write_text(blob + "\n")
         meta = {"scenario": self.scenario.to_dict(), "seeds": self.seeds, "policies": self.describe}
         (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-        if json_path is not None:
-            if str(json_path) == "-":
-                print(blob)
-            else:
-                Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-                Path(json_path).write_text(blob + "\n")
+        _write_json(blob, json_path)
         if plots:
             from oserve_rl.evaluation.plots import plot_all
 
             plot_all(self, out)
         return out
+
+
+def _write_json(blob: str, json_path: str | Path | None) -> None:
+    """``--json PATH``: also write the figures there ('-': standard output)."""
+    if json_path is None:
+        return
+    if str(json_path) == "-":
+        print(blob)
+    else:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(blob + "\n")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -241,4 +247,32 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
     return done
 
 
-__all__ = ["FIGURE_KEYS", "EvalTable", "episode_figures", "evaluate"]
+def write_sweep(tables: dict[float, EvalTable], out_dir: str | Path, json_path: str | Path | None = None,
+                plots: bool = True) -> str:
+    """Several loads of one scenario (``{rate_scale: table}``, each already written to its own folder):
+    ``sweep.md`` (p99 E2E and SLO attainment per policy and load), ``sweep.json`` (``{rate_scale: {policy:
+    figures}}``) and ``sweep_p99.png``. Returns the markdown."""
+    from tabulate import tabulate
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scales = sorted(tables)
+    sweep = {s: tables[s].to_json() for s in scales}
+    names = list(sweep[scales[0]])
+    cell = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    rows = [[name] + [cell(sweep[s][name]["e2e_s"]["p99"], ".4g") for s in scales]
+            + [cell(sweep[s][name]["slo_attainment"], ".3f") for s in scales] for name in names]
+    headers = (["policy"] + [f"p99 E2E s @{s:g}x" for s in scales] + [f"SLO attain @{s:g}x" for s in scales])
+    md = tabulate(rows, headers=headers, tablefmt="github")
+    (out / "sweep.md").write_text(md + "\n")
+    blob = json.dumps({f"{s:g}": f for s, f in sweep.items()}, indent=2, allow_nan=False)
+    (out / "sweep.json").write_text(blob + "\n")
+    _write_json(blob, json_path)
+    if plots:
+        from oserve_rl.evaluation.plots import load_sweep
+
+        load_sweep(sweep, tables[scales[0]].scenario, out / "sweep_p99.png")
+    return md
+
+
+__all__ = ["FIGURE_KEYS", "EvalTable", "episode_figures", "evaluate", "write_sweep"]

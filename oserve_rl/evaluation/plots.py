@@ -113,3 +113,29 @@ def deployment_timeline(table: Any, path: Path) -> Path:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
     ax.legend(handles, list(colours), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return save_figure(plt, fig, path)
+
+
+def load_sweep(sweep: dict[float, dict[str, dict[str, Any]]], scenario: Any, path: Path) -> Path:
+    """p99 E2E and SLO attainment against the load (evaluate.py with several --rate-scale values)."""
+    plt = _plt()
+    scales = sorted(sweep)
+    fig, (ax_p99, ax_slo) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name in sweep[scales[0]]:
+        p99 = [sweep[s][name]["e2e_s"]["p99"] for s in scales]
+        slo = [sweep[s][name]["slo_attainment"] for s in scales]
+        ax_p99.plot(scales, [math.nan if v is None else v for v in p99], marker="o", label=name)
+        ax_slo.plot(scales, [math.nan if v is None else v for v in slo], marker="o", label=name)
+    ax_p99.set_yscale("log")
+    plain_log_ticks(ax_p99.yaxis)
+    ax_p99.set_ylabel("p99 E2E latency (s)")
+    ax_slo.set_ylabel("SLO attainment")
+    low = min((v for f in sweep.values() for v in [m["slo_attainment"] for m in f.values()] if v is not None),
+              default=0.0)
+    ax_slo.set_ylim(max(0.0, low - 0.05), 1.005)  # not zoomed into differences of 1e-4
+    for ax in (ax_p99, ax_slo):
+        ax.set_xlabel("load (x the trace's rate)")
+        ax.grid(alpha=0.3)
+    ax_p99.legend(fontsize=8)
+    trace = getattr(scenario.trace, "name", scenario.trace)
+    fig.suptitle(f"{scenario.model} on {scenario.cluster}, {trace}: mean over seeds")
+    return save_figure(plt, fig, path)
