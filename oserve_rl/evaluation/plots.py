@@ -120,13 +120,21 @@ def load_sweep(sweep: dict[float, dict[str, dict[str, Any]]], scenario: Any, pat
     plt = _plt()
     scales = sorted(sweep)
     fig, (ax_p99, ax_slo) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name in sweep[scales[0]]:
-        p99 = [sweep[s][name]["e2e_s"]["p99"] for s in scales]
-        slo = [sweep[s][name]["slo_attainment"] for s in scales]
-        ax_p99.plot(scales, [math.nan if v is None else v for v in p99], marker="o", label=name)
-        ax_slo.plot(scales, [math.nan if v is None else v for v in slo], marker="o", label=name)
-    ax_p99.set_yscale("log")
-    plain_log_ticks(ax_p99.yaxis)
+    # Policies that decide alike draw the same line: shrinking markers and other dashes keep each visible.
+    styles = [("o", 8, "-"), ("s", 6, "--"), ("^", 4.5, ":"), ("D", 3.5, "-."), ("v", 3, "-")]
+    all_p99 = []
+    for i, name in enumerate(sweep[scales[0]]):
+        marker, size, dash = styles[i % len(styles)]
+        p99 = [math.nan if (v := sweep[s][name]["e2e_s"]["p99"]) is None else v for s in scales]
+        slo = [math.nan if (v := sweep[s][name]["slo_attainment"]) is None else v for s in scales]
+        all_p99 += [v for v in p99 if math.isfinite(v)]
+        for ax, ys in ((ax_p99, p99), (ax_slo, slo)):
+            ax.plot(scales, ys, marker=marker, markersize=size, linestyle=dash, label=name)
+    if all_p99 and max(all_p99) > 10 * min(all_p99):  # log only where the latencies span a decade
+        ax_p99.set_yscale("log")
+        plain_log_ticks(ax_p99.yaxis)
+    else:
+        ax_p99.set_ylim(bottom=0)
     ax_p99.set_ylabel("p99 E2E latency (s)")
     ax_slo.set_ylabel("SLO attainment")
     low = min((v for f in sweep.values() for v in [m["slo_attainment"] for m in f.values()] if v is not None),
