@@ -24,6 +24,7 @@ Your own policies load by ``"path/to/file.py:ClassName"`` or
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -70,11 +71,19 @@ def _user_policy_class(spec: str) -> type[Policy]:
         path = Path(where)
         if not path.is_file():
             raise ConfigError(f"policy {spec!r}: no file {path}; {hint}")
-        module_name = f"oserve_rl_user_policy_{path.stem}"
-        loader = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[module_name] = module  # dataclasses and pickling (evaluate --jobs) look modules up there
-        loader.loader.exec_module(module)
+        # One module per file (loaded once, however many episodes build the policy), named after its path.
+        resolved = str(path.resolve())
+        module_name = f"oserve_rl_user_policy_{path.stem}_{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            loader = importlib.util.spec_from_file_location(module_name, resolved)
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[module_name] = module  # dataclasses and pickling (evaluate --jobs) look modules up there
+            try:
+                loader.loader.exec_module(module)
+            except Exception as e:  # the file's own error, e.g. a SyntaxError: one line naming file and line
+                del sys.modules[module_name]
+                raise ConfigError(f"policy {spec!r}: {path} does not load: {type(e).__name__}: {e}") from None
     else:
         try:
             module = importlib.import_module(where)

@@ -261,6 +261,10 @@ def test_your_own_policy_loads_from_a_file_and_bad_specs_are_clear_errors(tmp_pa
         make_policy(f"{tmp_path / 'nope.py'}:Fixed")
     with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
         make_policy("no_such_module:Fixed")
+    broken = tmp_path / "broken.py"
+    broken.write_text("class Oops(:\n")
+    with pytest.raises(ConfigError, match="broken.py does not load: SyntaxError"):
+        make_policy(f"{broken}:Oops")
 
 
 @pytest.mark.slow
