@@ -298,6 +298,15 @@ def test_evaluate_cli_bad_input_is_one_clear_error(tmp_path):
     assert r.returncode == 2 and "slo_ttft_s" in r.stderr
 
 
+def test_worker_processes_that_cannot_start_are_one_clear_error():
+    """jobs > 1 from a script on standard input: the workers cannot re-import it; say so and how to run it."""
+    script = ("from oserve_rl.evaluation import evaluate\nfrom oserve_rl.policy import Scenario\n"
+              "evaluate(Scenario('h100x8', 'llama-2-70b', 'azure-conv', duration_s=120), ['vllm_static', 'oserve'], "
+              "seeds=[0], jobs=2, progress=False)\n")
+    r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode != 0 and "a worker process died" in r.stderr and 'if __name__ == "__main__"' in r.stderr
+
+
 def test_evaluate_cli_sweeps_loads(tmp_path):
     r = _evaluate("--cluster", "h100x8", "--model", "llama-2-70b", "--trace", "azure-conv", "--duration", "180",
                   "--rate-scale", "0.5,1.5", "--predictor", "ewma", "--policies", "vllm_static,oserve", "--out",

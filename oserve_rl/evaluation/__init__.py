@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from oserve_rl.errors import ConfigError
+from oserve_rl.errors import ConfigError, OServeError
 from oserve_rl.policy import EpisodeResult, Policy, Scenario, run_policy
 
 FIGURE_KEYS = ("e2e_s", "ttft_s", "tpot_s", "throughput_rps", "slo_attainment", "slo_scale_95", "slo_scale_99",
@@ -220,6 +220,7 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
     (``make_policy`` with parameters, checkpoint loaders, scripts' variants): cloudpickle carries them."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     import cloudpickle
 
@@ -239,6 +240,12 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
                 done[futures[fut]] = fut.result()  # a worker's error (e.g. a ConfigError) is raised here
                 if bars:
                     bars[futures[fut][0]].update(1)
+        except BrokenProcessPool:
+            pool.shutdown(cancel_futures=True)
+            raise OServeError("evaluate: a worker process died before it could run an episode. With jobs > 1 the "
+                              "workers re-import the calling script: run it from a .py file whose evaluation sits "
+                              "under `if __name__ == \"__main__\":` (not from standard input), or use jobs=1; "
+                              "the worker's own error is printed above") from None
         except BaseException:
             pool.shutdown(cancel_futures=True)  # do not run the rest of the grid after a failure
             raise

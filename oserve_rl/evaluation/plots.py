@@ -75,7 +75,9 @@ def p99_over_time(table: Any, path: Path) -> Path:
         r = results[0]
         end = float(np.nanmax(r.sim.recorder.finish_s[np.isfinite(r.sim.recorder.finish_s)], initial=r.interval_s))
         t, p99 = interval_p99_s(r.sim.recorder, r.interval_s, end)
-        (line,) = ax.plot(t / 60, p99, label=f"{name} ({len(r.sim.switches)} switches)", drawstyle="steps-post")
+        # Policies that decide alike draw the same steps: other dashes, thinner on top, keep each visible.
+        (line,) = ax.plot(t / 60, p99, label=f"{name} ({len(r.sim.switches)} switches)", drawstyle="steps-post",
+                          linestyle=("-", "--", ":", "-.")[i % 4], linewidth=2.2 - 0.4 * (i % 4))
         for sw in r.sim.switches:
             ax.axvline(sw.start_s / 60, color=line.get_color(), alpha=0.5, linestyle=":", linewidth=1)
             # At the top edge in axes coordinates: y = 0 does not exist on the log scale.
