@@ -232,7 +232,8 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
                 for i, (label, _) in enumerate(named)}
     done = {}
     # forkserver: workers start from a clean interpreter, not a fork of one with torch's threads running.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method)) as pool:
         futures = {pool.submit(_run_pickled, cloudpickle.dumps((factory, episodes[seed], run_kw))): (label, seed)
                    for label, factory in named for seed in episodes}
         try:

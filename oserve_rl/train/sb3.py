@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(cfg.torch_threads)
     factories = [lambda i=i: make_env(cfg, cfg.seed + i) for i in range(cfg.n_envs)]
     # forkserver: workers start from a clean interpreter, not a fork of this one with torch's threads running.
-    env = SubprocVecEnv(factories, start_method="forkserver") if cfg.vec_env == "subproc" else DummyVecEnv(factories)
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
+    env = SubprocVecEnv(factories, start_method=method) if cfg.vec_env == "subproc" else DummyVecEnv(factories)
     cls = algo_class(cfg.algo)
     hp = dict(cfg.hyperparams)
     if cfg.init_from:
