@@ -224,6 +224,8 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
 
     import cloudpickle
 
+    from oserve_rl.parallel import worker_start_method
+
     bars: dict[str, Any] = {}
     if progress:  # a bar per policy, as in the serial loop; they move by whole episodes here
         from tqdm import tqdm
@@ -231,9 +233,7 @@ def _run_parallel(named: list[tuple[str, PolicyFactory]], episodes: dict[int, An
         bars = {label: tqdm(total=len(episodes), desc=f"{label:>22}", unit="episode", leave=True, position=i)
                 for i, (label, _) in enumerate(named)}
     done = {}
-    # forkserver: workers start from a clean interpreter, not a fork of one with torch's threads running.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(method)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(worker_start_method())) as pool:
         futures = {pool.submit(_run_pickled, cloudpickle.dumps((factory, episodes[seed], run_kw))): (label, seed)
                    for label, factory in named for seed in episodes}
         try:

@@ -335,16 +335,17 @@ def calibrate(inputs: CalibrationInputs, progress=None, only_gpus: tuple[str, ..
     net_train = inputs.network[~h.network_mask(inputs.network)]
     gpus: dict[str, dict] = {}
     names = [g for g in sorted(ops_train.gpu.unique()) if only_gpus is None or g in only_gpus]
+    specs = {}
     for name in names:  # every GPU folder must name a catalog GPU: check before minutes of fitting
         try:
-            get_gpu(PROFILED_GPUS.get(name, name))
+            specs[name] = get_gpu(PROFILED_GPUS.get(name, name))
         except UnknownNameError as e:
             raise ConfigError(f"{e}: profiled GPU folders are named after catalog GPUs (scripts/profile_gpu.py "
                               "--gpu-name); or add the GPU to configs/gpus/gpus.yaml") from None
     for name in names:
         if progress:
             progress(f"fitting {name}")
-        spec = get_gpu(PROFILED_GPUS.get(name, name))
+        spec = specs[name]
         peak, hbm = spec.peak_flops, spec.hbm_bytes_per_s
         sub = ops_train[ops_train.gpu == name]
         entry = {

@@ -306,7 +306,7 @@ def disjoint_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | Non
     ``alpha = min over rows of cap_k / sum_j lam_j / n_kj`` and each type's whole rate goes to its row, the
     unique optimum, so the answer is the LP's exactly. OServe scores dozens of such dispatches per decision
     (a homogeneous deployment, and each partition of its types and replicas into two sides); at ~2 ms per
-    call through ``linprog`` (~0.4 ms through ``_solve`` now) they were most of the RL env's step time.
+    call through ``linprog`` (~0.25 ms through ``_solve`` now) they were most of the RL env's step time.
     """
     n = np.asarray(n, dtype=np.float64)
     lam = np.asarray(lam, dtype=np.float64)

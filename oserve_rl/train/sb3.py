@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from oserve_rl.parallel import worker_start_method
 from oserve_rl.train.config import TrainConfig
 from oserve_rl.train.validation import evaluate_on_windows, heuristic_baselines, validation_line, validation_scenarios
 
@@ -99,9 +99,8 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
     torch.set_num_threads(cfg.torch_threads)
     factories = [lambda i=i: make_env(cfg, cfg.seed + i) for i in range(cfg.n_envs)]
-    # forkserver: workers start from a clean interpreter, not a fork of this one with torch's threads running.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"  # Windows: spawn
-    env = SubprocVecEnv(factories, start_method=method) if cfg.vec_env == "subproc" else DummyVecEnv(factories)
+    env = (SubprocVecEnv(factories, start_method=worker_start_method()) if cfg.vec_env == "subproc"
+           else DummyVecEnv(factories))
     cls = algo_class(cfg.algo)
     hp = dict(cfg.hyperparams)
     if cfg.init_from:
