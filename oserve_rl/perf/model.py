@@ -31,7 +31,6 @@ report). Pipeline parallelism is modelled for latency only: vLLM keeps up to
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import numpy as np
 from oserve_rl.catalog import GPUSpec, ModelSpec, get_gpu, get_model
 from oserve_rl.errors import ConfigError, DoesNotFitError
 from oserve_rl.perf import fit as F
+from oserve_rl.perf.kernel import IterationCost
 from oserve_rl.perf.ops import ELEMENTWISE_OPS, GEMM_OPS, LAYER_OP_COUNTS, LayerGeometry
 
 GiB = 1024**3
@@ -91,26 +91,6 @@ def load_params(path: str | None = None) -> dict:
     return doc
 
 
-class _Curve:
-    """A piecewise-linear curve in log2(x), evaluated with scalars (no numpy on the hot path)."""
-
-    __slots__ = ("knots", "values")
-
-    def __init__(self, knots, values):
-        self.knots, self.values = list(knots), list(values)
-
-    def __call__(self, x: float) -> float:
-        lx = math.log2(x) if x > 1.0 else 0.0
-        k = self.knots
-        if lx <= k[0]:
-            return self.values[0]
-        if lx >= k[-1]:
-            return self.values[-1]
-        i = bisect.bisect_right(k, lx) - 1
-        w = (lx - k[i]) / (k[i + 1] - k[i])
-        return self.values[i] * (1 - w) + self.values[i + 1] * w
-
-
 def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
     """vLLM's own rules: TP splits attention heads and the FFN evenly; KV heads split or replicate."""
     where = f"{model.name} at tp={tp}, pp={pp}"
@@ -154,7 +134,9 @@ class ReplicaPerf:
         self._link_scale = self.link_gbps / p["link_gbps"]
         self.inter_node_gbps = inter_node_gbps
         ap = p["attention"]
-        self._pair_eff = _Curve(F.ATTN_PAIR_KNOTS, F.sigmoid(np.array(ap["prefill"]["pair_logits"])))
+        # Prefill attention efficiency: piecewise linear in log2(causal pairs) between these knots.
+        self._pair_knots = [float(k) for k in F.ATTN_PAIR_KNOTS]
+        self._pair_eff = F.sigmoid(np.array(ap["prefill"]["pair_logits"])).tolist()
         self._pair_c0 = ap["prefill"]["c0_s"]
         # The attention curve is a share of the profiled GPU's peak; carry it over in FlashAttention throughput.
         donor = get_gpu(F.PROFILED_GPUS[p.get("attention_from", gpu.calibrated_as)])
@@ -167,6 +149,15 @@ class ReplicaPerf:
         base[0] = 0.0
         self._dec_base = (self.layers * base).tolist()
         self._dec_slope = (self.layers * slope).tolist()
+        self._lm_cache: dict[int, float] = {}
+        self.cost = self._iteration_cost()
+
+    def _iteration_cost(self) -> IterationCost:
+        # The per-iteration hot path (compiled where built); the overheads are read now, so an instance
+        # that overrides step_overhead_s or per_seq_overhead_s after construction calls this again.
+        return IterationCost(self, self._linear_list, self._dec_base, self._dec_slope, self._pair_knots,
+                             self._pair_eff, self._pair_c0, self._q_flops_per_pair, self._attn_peak,
+                             self.layers, self.step_overhead_s, self.per_seq_overhead_s)
 
     # ------------------------------------------------------------ vectorised components
     def _gemm(self, op, n, weight_copies=1.0, tokens_for_eff=None):
@@ -225,26 +216,22 @@ class ReplicaPerf:
 
     def attn_prefill_s(self, pairs: float) -> float:
         """All layers' attention for prefill chunks totalling ``pairs`` causal pairs."""
-        if pairs <= 0:
-            return 0.0
-        return self.layers * (self._pair_c0 + self._q_flops_per_pair * pairs / (self._attn_peak * self._pair_eff(pairs)))
+        return self.cost.attn_prefill_s(pairs)
 
     # ------------------------------------------------------------ the simulator's interface
     def iteration_s_agg(self, num_tokens: int, num_seqs: int, prefill_attn_pairs: float, decode_seqs: int,
                         decode_context_tokens: int) -> float:
-        if num_tokens <= 0:
-            return 0.0
-        lin = self._linear_list[num_tokens] if num_tokens <= self.TABLE_TOKENS else float(self._linear_table(np.array([num_tokens]))[0])
-        t = lin + self._lm_head_scalar(num_seqs)
-        if prefill_attn_pairs > 0:
-            t += self.attn_prefill_s(prefill_attn_pairs)
-        if decode_seqs > 0:
-            if decode_seqs < len(self._dec_base):
-                t += self._dec_base[decode_seqs] + self._dec_slope[decode_seqs] * decode_context_tokens
-            else:
-                base, slope = self._decode_attn_coeffs(decode_seqs)
-                t += base + slope * decode_context_tokens
-        return t + self._overhead(num_seqs)
+        """One iteration of ``num_tokens`` tokens over ``num_seqs`` sequences: prefill chunks totalling
+        ``prefill_attn_pairs`` causal pairs and ``decode_seqs`` decodes over ``decode_context_tokens`` of
+        context (module doc). Table look-ups: ``IterationCost`` in ``kernel.py``."""
+        return self.cost.iteration_s_agg(num_tokens, num_seqs, prefill_attn_pairs, decode_seqs,
+                                         decode_context_tokens)
+
+    def linear_s(self, num_tokens: int) -> float:
+        """The token-count part of an iteration (linear layers, collectives), beyond the precomputed table too."""
+        if num_tokens <= self.TABLE_TOKENS:
+            return self._linear_list[num_tokens]
+        return float(self._linear_table(np.array([num_tokens]))[0])
 
     def iteration_s(self, prefill_tokens, prefill_context_tokens, decode_context_tokens) -> float:
         pt = np.asarray(prefill_tokens, dtype=np.int64)
@@ -262,26 +249,29 @@ class ReplicaPerf:
         if b <= 0:
             return 0.0, 0.0
         return self.iteration_s_agg(b, b, 0.0, b, 0), (self._dec_slope[b] if b < len(self._dec_slope)
-                                                        else self._decode_attn_coeffs(b)[1])
+                                                        else self.decode_attn_coeffs(b)[1])
 
     def decode_steps_s(self, batch_size: int, total_context_tokens: int, k: int) -> float:
         """Closed-form time of k consecutive pure-decode steps (context grows by ``batch_size`` per step)."""
         base, slope = self.decode_step_coeffs(batch_size)
         return k * base + slope * (k * total_context_tokens + batch_size * k * (k - 1) / 2.0)
 
-    def _decode_attn_coeffs(self, b):
+    def decode_attn_coeffs(self, b: int) -> tuple[float, float]:
+        """(base_s, per_context_token_s) of all layers' decode attention for ``b`` sequences."""
         base, slope = F.attn_decode_coeffs(self._p["attention"]["decode"], self._hbm, b, self.geom.kv_bytes_per_token())
         return float(self.layers * base), float(self.layers * slope)
 
-    def _lm_head_scalar(self, num_seqs: int) -> float:
-        cache = self.__dict__.setdefault("_lm_cache", {})
-        v = cache.get(num_seqs)
+    def lm_head_scalar(self, num_seqs: int) -> float:
+        """``lm_head_s`` of one count as a float (memoised)."""
+        v = self._lm_cache.get(num_seqs)
         if v is None:
-            v = cache[num_seqs] = float(self.lm_head_s(num_seqs)) if num_seqs > 0 else 0.0
+            v = self._lm_cache[num_seqs] = float(self.lm_head_s(num_seqs)) if num_seqs > 0 else 0.0
         return v
 
-    def _overhead(self, num_seqs: int) -> float:
-        return self.step_overhead_s + self.per_seq_overhead_s * num_seqs
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in ("step_overhead_s", "per_seq_overhead_s") and "cost" in self.__dict__:
+            self.cost = self._iteration_cost()
 
     def prefill_s(self, prompt_tokens: int, batch_size: int = 1) -> float:
         """One iteration that prefills ``batch_size`` prompts of ``prompt_tokens`` tokens (no chunking)."""

@@ -128,7 +128,7 @@ class ReplicaEngine:
         self._clock = 0.0
         self._rate_tok_s = 0.0  # tokens per second of the last iteration(s) run: for load estimates between events
         self._outstanding = 0
-        self._iter_s = perf.iteration_s_agg
+        self._cost = perf.cost  # IterationCost: iteration_s_agg without a Python call when compiled
         self._coeffs: dict[int, tuple[float, float]] = {}
         self._admitted = 0
         # Decode group (fast mode only): running[:_gm] are decoding requests whose computed / n_out /
@@ -373,7 +373,7 @@ class ReplicaEngine:
             )
 
         # 3. run it
-        T_end = T + self._iter_s(num_tokens, len(sched), pairs, d_seqs, d_ctx)
+        T_end = T + self._cost.iteration_s_agg(num_tokens, len(sched), pairs, d_seqs, d_ctx)
         self._rate_tok_s = num_tokens / (T_end - T) if T_end > T else self._rate_tok_s
         self._clock = T_end
         self._outstanding -= num_tokens
@@ -629,7 +629,7 @@ class ReplicaEngine:
                                                                            d_ctx, sched, sched_n)
 
         # 3. run it
-        T_end = T + self._iter_s(num_tokens, gm + len(sched), pairs, d_seqs, d_ctx)
+        T_end = T + self._cost.iteration_s_agg(num_tokens, gm + len(sched), pairs, d_seqs, d_ctx)
         self._rate_tok_s = num_tokens / (T_end - T) if T_end > T else self._rate_tok_s
         self._clock = T_end
         self._outstanding -= num_tokens
