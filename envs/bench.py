@@ -5,7 +5,8 @@ share of it spent inside the simulator (``ControlLoop.advance``) and in turning
 actions into decisions (``DeployEnv.decision_for``: OServe's search and dispatch
 ranking), and the same for an always-keep policy (a settled agent switches
 rarely; random actions switch almost every step, which costs plans,
-migrations and LPs).
+migrations and LPs). It also says whether the compiled simulator core ran
+(``oserve_rl.native_status()``; the pure-Python one is several times slower).
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
                 if term or trunc:
                     break
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    import oserve_rl
+
     return {"cluster": cluster, "model": model, "trace": trace, "rate_scale": rate_scale, "policy": policy,
+            "core": oserve_rl.native_status()["core"],
             "interval_s": env.cfg.interval_s, "steps": steps, "cpu_s": cpu_s, "wall_s": wall_s,
             "steps_per_cpu_s": steps / cpu_s if cpu_s > 0 else None,
             "simulator_share": cpu["simulator"] / cpu_s if cpu_s > 0 else None,
@@ -100,7 +104,7 @@ def main(args) -> int:
         print(f"{res['steps']} steps of {res['interval_s']:.0f} s on {res['cluster']}, {res['model']}, {res['trace']} "
               f"x{res['rate_scale']:g} ({res['policy']} actions): {res['steps_per_cpu_s']:.1f} steps per CPU-second, "
               f"{100 * res['simulator_share']:.0f} % of it in the simulator, {100 * res['decision_share']:.0f} % in "
-              "decisions", file=sys.stdout)
+              f"decisions; {res['core']} simulator core", file=sys.stdout)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(res, fh, indent=2)

@@ -17,6 +17,12 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.oserve-setup-*
   touch "$stamp"
 fi
+# The compiled simulator core (setup.py) is rebuilt when its sources changed since it was built (an edited
+# engine.py would otherwise run as pure Python: oserve_rl/_native.py never runs a stale build).
+if ! .venv/bin/python -W ignore -c "import sys, oserve_rl._native as n; sys.exit(1 if n.check_builds()[1] else 0)"; then
+  echo "rebuilding the compiled simulator core (its sources changed)" >&2
+  .venv/bin/python -m pip install -q --no-deps -e .
+fi
 # The bundled forecaster is trained here, not committed: deterministic (seeded), about a minute.
 if [ ! -f oserve_rl/forecast/data/lstm/weights.pt ]; then
   echo "training the bundled per-type LSTM forecaster (about a minute)" >&2

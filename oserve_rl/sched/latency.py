@@ -59,13 +59,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
 
 from oserve_rl.cluster import ReplicaConfig
 from oserve_rl.errors import ConfigError
 from oserve_rl.perf import EngineConfig
+from oserve_rl.perf.kernel import IterationCost
 
 Z99 = 2.3263478740408408  # standard normal 0.99 quantile
+SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 KV_OUTPUT_SHARE = 0.75  # as in profiles.py: a request holds in + 0.75 out tokens of KV on average under preemption
 MAX_SPLITS = 512  # partitions per type split: product of (count + 1) over config groups, beyond which groups are thinned
 
@@ -127,37 +128,60 @@ def replica_latency(config: ReplicaConfig, engine: EngineConfig, rates_rps: np.n
     if not x.sum() > 0:
         return 0.0, np.zeros(J)
     perf = config.perf()
-    budget = int(engine.max_num_batched_tokens)
-    prompt_rate = float((x * inp).sum())
-    e_in = float((x * inp * inp).sum() / prompt_rate)  # prompt-token-weighted prompt length
-    decode_rate = float((x * out).sum())
-    ctx_per_seq = float((x * out * (inp + out / 2.0)).sum() / decode_rate)  # KV a decoding sequence attends to
-    kv_per_seq = float((x * out * (inp + KV_OUTPUT_SHARE * out)).sum() / decode_rate)
-    b_max = min(float(engine.max_num_seqs), perf.kv_capacity_tokens(engine) / kv_per_seq)
-    sat = (math.inf, np.full(J, math.inf))
-    tpot = perf.decode_s(1, max(int(ctx_per_seq), 1))
-    t_chunk = d = 0.0
+    tpot, per_token_s, wait_s = steady_state(perf.cost, x.tolist(), inp.tolist(), out.tolist(),
+                                             int(engine.max_num_batched_tokens), int(engine.max_num_seqs),
+                                             float(perf.kv_capacity_tokens(engine)), int(iterations))
+    if tpot == math.inf:
+        return math.inf, np.full(J, math.inf)
+    return tpot, wait_s + inp * per_token_s
+
+
+def steady_state(cost: IterationCost, x: list, inp: list, out: list, budget: int, max_num_seqs: int,
+                 kv_capacity_tokens: float, iterations: int) -> tuple[float, float, float]:
+    """``replica_latency``'s fixed point on plain lists (compiled where built: ``latency.pxd``):
+    (TPOT s, prompt seconds per token, mean queueing wait s), TPOT ``inf`` when the replica saturates."""
+    prompt_rate = prompt_sq = decode_rate = ctx_sum = kv_sum = 0.0
+    for j in range(len(x)):
+        xj = x[j]
+        prompt_rate += xj * inp[j]
+        prompt_sq += xj * inp[j] * inp[j]
+        decode_rate += xj * out[j]
+        ctx_sum += xj * out[j] * (inp[j] + out[j] / 2.0)
+        kv_sum += xj * out[j] * (inp[j] + KV_OUTPUT_SHARE * out[j])
+    e_in = prompt_sq / prompt_rate  # prompt-token-weighted prompt length
+    ctx_per_seq = ctx_sum / decode_rate  # KV a decoding sequence attends to
+    b_max = min(float(max_num_seqs), kv_capacity_tokens / (kv_sum / decode_rate))
+    tpot = cost.iteration_s_agg(1, 1, 0.0, 1, max(int(ctx_per_seq), 1))
+    t_chunk = 0.0
     f = 0.0
     for _ in range(iterations):
         b_seqs = decode_rate * tpot
         if b_seqs > b_max:
-            return sat
-        b = max(int(round(b_seqs)), 1)
+            return math.inf, math.inf, math.inf
+        b = max(_round(b_seqs), 1)
         chunk = max(budget - b, 1)
         ctx = int(b_seqs * ctx_per_seq)
-        t_chunk = perf.iteration_s_agg(budget, b + 1, chunk * (min(e_in, budget) + 1) / 2.0, b, ctx)
-        d = perf.iteration_s_agg(b, b, 0.0, b, ctx)
+        t_chunk = cost.iteration_s_agg(budget, b + 1, chunk * (min(e_in, float(budget)) + 1.0) / 2.0, b, ctx)
+        d = cost.iteration_s_agg(b, b, 0.0, b, ctx)
         f = prompt_rate * t_chunk / chunk
         if f >= 1.0:
-            return sat
+            return math.inf, math.inf, math.inf
         new = 1.0 / (f / t_chunk + (1.0 - f) / d)
         if abs(new - tpot) <= 1e-7:
             tpot = new
             break
         tpot = 0.5 * (tpot + new)  # damped: B grows with TPOT and TPOT with B
-    per_token = t_chunk / max(budget - max(int(round(decode_rate * tpot)), 1), 1)
-    wait = f / (1.0 - f) * per_token * e_in / 2.0
-    return float(tpot), wait + inp * per_token
+    per_token = t_chunk / max(budget - max(_round(decode_rate * tpot), 1), 1)
+    return tpot, per_token, f / (1.0 - f) * per_token * e_in / 2.0
+
+
+def _round(v: float) -> int:
+    """Nearest integer, halves to even (Python's ``round``, the same compiled or not)."""
+    r = math.floor(v)
+    diff = v - r
+    if diff > 0.5 or (diff == 0.5 and r % 2 != 0):
+        r += 1
+    return int(r)
 
 
 # --------------------------------------------------------------------------- the mixture's p99
@@ -173,21 +197,41 @@ def p99_e2e_s(share: np.ndarray, ttft_s: np.ndarray, tpot_s: np.ndarray, mu: np.
     keep = w > 0
     if not keep.any():
         return 0.0
-    w, tt, tp, mu, sg = w[keep] / w[keep].sum(), tt[keep], tp[keep], mu[keep], sg[keep]
+    w, tt, tp, mu, sg = w[keep], tt[keep], tp[keep], mu[keep], sg[keep]
     if not (np.isfinite(tt).all() and np.isfinite(tp).all()):
         return math.inf
-    tail = 1.0 - q
-    tp = np.maximum(tp, 1e-9)
+    return mixture_quantile_s(w.tolist(), tt.tolist(), tp.tolist(), mu.tolist(), sg.tolist(), float(q))
 
-    def exceed(latency_s: float) -> float:
-        room = (latency_s - tt) / tp  # output tokens that still finish within latency_s
-        z = (np.log(np.maximum(room, 1e-12)) - mu) / sg
-        return float((w * np.where(room > 0, 1.0 - ndtr(z), 1.0)).sum())
 
-    lo, hi = 0.0, float((tt + tp * np.exp(mu + 5.0 * sg)).max())
+def mixture_quantile_s(w: list, tt: list, tp: list, mu: list, sg: list, q: float) -> float:
+    """``p99_e2e_s`` on plain lists of the cells with a positive share and finite times, by bisection
+    (compiled where built: ``latency.pxd``). A request of cell i exceeds ``L`` s when its output is over
+    ``(L - tt[i]) / tp[i]`` tokens: ``P = 1 - Phi(z) = erfc(z / sqrt 2) / 2`` for log-normal outputs."""
+    n = len(w)
+    total = 0.0
+    for i in range(n):
+        total += w[i]
+    tail = (1.0 - q) * total  # shares need not sum to 1: compare against the tail of their total
+    hi = 0.0
+    for i in range(n):
+        top = tt[i] + max(tp[i], 1e-9) * math.exp(mu[i] + 5.0 * sg[i])
+        if top > hi:
+            hi = top
+    lo = 0.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if exceed(mid) > tail else (lo, mid)
+        over = 0.0
+        for i in range(n):
+            room = (mid - tt[i]) / max(tp[i], 1e-9)  # output tokens that still finish within mid
+            if room > 0:
+                z = (math.log(max(room, 1e-12)) - mu[i]) / sg[i]
+                over += w[i] * 0.5 * math.erfc(z * SQRT_HALF)
+            else:
+                over += w[i]
+        if over > tail:
+            lo = mid
+        else:
+            hi = mid
         if hi - lo <= 1e-4 * hi:
             break
     return hi

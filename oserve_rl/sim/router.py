@@ -53,12 +53,27 @@ class Router(ABC):
 
 
 def _least_work(replicas: Sequence[ReplicaView], now_s: float) -> int | None:
-    best, best_tokens = None, None
-    for i, r in enumerate(replicas):
+    best, best_tokens = -1, 0
+    for i in range(len(replicas)):
+        r = replicas[i]
         if r.accepting:
             tokens = r.outstanding_tokens_at(now_s)
-            if best_tokens is None or tokens < best_tokens:
+            if best < 0 or tokens < best_tokens:
                 best, best_tokens = i, tokens
+    return best if best >= 0 else None
+
+
+def _least_work_per_weight(replicas: Sequence[ReplicaView], subset: list[int], inv_weight: list[float], now_s: float,
+                           estimate: bool) -> int:
+    """Among ``subset``, the accepting replica with the least ``(outstanding tokens + 1) / weight``; -1 if none."""
+    best, best_score = -1, 0.0
+    for k in subset:
+        r = replicas[k]
+        if r.accepting:
+            load = r.estimated_outstanding_tokens(now_s) if estimate else r.outstanding_tokens_at(now_s)
+            score = (load + 1) * inv_weight[k]
+            if best < 0 or score < best_score:
+                best, best_score = k, score
     return best
 
 
@@ -187,17 +202,9 @@ class WeightedLeastWorkRouter(WeightedTypeRouter):
     def choose(self, req_id: int, req_type: int, input_tokens: int, replicas: Sequence[ReplicaView]) -> int | None:
         if len(replicas) != self._n_rep or not 0 <= req_type < self._n_types:
             self._check(req_id, req_type, replicas)  # raises with the details
-        inv = self._inv[req_type]
-        best, best_score = None, 0.0
-        est, now = self.estimate_load, self.now_s
-        for k in self._subsets[req_type]:
-            r = replicas[k]
-            if r.accepting:
-                load = r.estimated_outstanding_tokens(now) if est else r.outstanding_tokens_at(now)
-                score = (load + 1) * inv[k]
-                if best is None or score < best_score:
-                    best, best_score = k, score
-        return best if best is not None else _least_work(replicas, self.now_s)
+        best = _least_work_per_weight(replicas, self._subsets[req_type], self._inv[req_type], self.now_s,
+                                      self.estimate_load)
+        return best if best >= 0 else _least_work(replicas, self.now_s)
 
 
 class LlumnixRouter(Router):
