@@ -28,7 +28,10 @@ import warnings
 from pathlib import Path
 
 # setup.py builds exactly these (it reads this tuple).
-COMPILED = ("oserve_rl.perf.kernel", "oserve_rl.sched.latency", "oserve_rl.sim.engine", "oserve_rl.sim.router")
+COMPILED = (
+    "oserve_rl.perf.kernel", "oserve_rl.sched.latency", "oserve_rl.sim.engine", "oserve_rl.sim.kv_cache",
+    "oserve_rl.sim.router",
+)
 PURE_ENV = "OSERVE_RL_PURE_PYTHON"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _status: dict[str, object] = {"core": "python", "reason": "not checked yet", "modules": list(COMPILED)}

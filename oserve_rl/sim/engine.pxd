@@ -4,6 +4,7 @@
 import cython
 
 from oserve_rl.perf.kernel cimport IterationCost
+from oserve_rl.sim.kv_cache cimport BlockPool
 
 cdef class _Req:
     cdef public long rid, prompt, out, n_out, computed, n_blocks, n_reg, kv_pre, cbase, nbase
@@ -13,7 +14,8 @@ cdef class _Req:
 
 
 cdef class ReplicaEngine:
-    cdef public object perf, cfg, rec, pool, waiting
+    cdef public object perf, cfg, rec, waiting
+    cdef public BlockPool pool
     cdef public IterationCost _cost
     cdef public str mode
     cdef public bint fast, chunked, prefix_caching, accepting
@@ -30,20 +32,22 @@ cdef class ReplicaEngine:
     @cython.locals(c=tuple)
     cdef (double, double) _coeff(self, long b)
     cdef _preempt(self, _Req r)
-    @cython.locals(bs=long, num_tokens=long, hits=long, evictable=long, start=long, n=long, need=long)
+    @cython.locals(bs=long, num_tokens=long, hits=long, evictable=long, start=long, n=long, need=long, pool=BlockPool)
     cdef tuple _admission_plan(self, _Req r, long budget)
     @cython.locals(T=double, T_end=double, budget=long, num_tokens=long, pairs=double, d_seqs=long, d_ctx=long,
                    preempted=bint, sched=list, sched_n=list, finished=bint)
     cpdef _exact_step(self)
     @cython.locals(finished=bint, r=_Req, n=long, c=long, i=long)
     cdef bint _advance_scheduled(self, double T_end, list sched, list sched_n)
-    @cython.locals(running=list, bs=long, preempted=bint, r=_Req, victim=_Req, c=long, n=long, need=long, ok=bint)
+    @cython.locals(running=list, pool=BlockPool, bs=long, preempted=bint, r=_Req, victim=_Req, c=long, n=long,
+                   need=long, ok=bint)
     cdef (long, long, double, long, long, bint) _schedule_running(self, long i, long budget, long num_tokens,
                                                                   double pairs, long d_seqs, long d_ctx,
                                                                   list sched, list sched_n)
     @cython.locals(end=long)
     cdef _register_prefix(self, _Req r, long tokens)
-    @cython.locals(running=list, r=_Req, max_seqs=long, start=long, n=long, need=long, hits=long, plan=tuple)
+    @cython.locals(running=list, pool=BlockPool, r=_Req, max_seqs=long, start=long, n=long, need=long, hits=long,
+                   plan=tuple)
     cdef (long, long, double, long, long) _admit_waiting(self, double T, long budget, long num_tokens, double pairs,
                                                           long d_seqs, long d_ctx, list sched, list sched_n)
     @cython.locals(running=list, gm=long, n=long, G=long, bs=long, hist=dict, heap=list, csum=long, r=_Req, c=long,
@@ -53,11 +57,13 @@ cdef class ReplicaEngine:
     cpdef _materialize(self)
     @cython.locals(bs=long, G=long, total=long, key=long, h=long, d=long)
     cdef long _group_blocks(self, long k)
-    @cython.locals(running=list, gm=long, budget=long, bs=long, G=long, g_need=long, free=long, nrun=long, b=long,
+    @cython.locals(running=list, pool=BlockPool, gm=long, budget=long, bs=long, G=long, g_need=long, free=long,
+                   nrun=long, b=long,
                    i=long, r=_Req, c=long, n=long, need=long, T=double, num_tokens=long, d_seqs=long, d_ctx=long,
                    pairs=double, sched=list, sched_n=list, T_end=double, finished=bint)
     cdef bint _group_step(self)
-    @cython.locals(keep=list, running=list, gm=long, G=long, bs=long, hist=dict, csum=long, i=long, r=_Req,
+    @cython.locals(keep=list, pool=BlockPool, running=list, gm=long, G=long, bs=long, hist=dict, csum=long, i=long,
+                   r=_Req,
                    n_out=long, rid=long, cb=long, key=long, h=long, heap=list, rest=list)
     cdef _finish_done(self, double T_end)
     @cython.locals(running=list, gm=long, i=long, nd=long, cap=long, k_done=long, ctx=long, r=_Req, rem=long,
@@ -66,7 +72,7 @@ cdef class ReplicaEngine:
     cdef bint _fast_jump(self, double t_s)
     @cython.locals(T=double, T_end=double)
     cdef _commit_jump(self, long k, long k_done, long nd, long ctx, double base, double per, long alloc)
-    @cython.locals(budget_left=long)
+    @cython.locals(budget_left=long, pool=BlockPool)
     cdef long _decode_cap(self, long nd)
     @cython.locals(running=list, nd=long, gm=long, cap=long, G=long, k_done=long, ctx=long, r=_Req, rem=long,
                    base=double, per=double, k=long, bs=long, alloc=long)
