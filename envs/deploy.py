@@ -285,10 +285,6 @@ class DeployEnv(gym.Env):
         return obs
 
 
-def _same_shape(a: Deployment, b: Deployment) -> bool:
-    return sorted(a.configs, key=repr) == sorted(b.configs, key=repr)
-
-
 def _dep_features(dep: Deployment | None, num_gpus: int, max_replicas: int) -> np.ndarray:
     f = np.zeros(DEP_FEATURES)
     if dep is None or not len(dep):

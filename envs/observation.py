@@ -8,6 +8,7 @@ on a real cluster is built by the same code it was trained on.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +41,13 @@ class ObsContext:
 
 def action_mask(deployment: Any, candidates: Sequence[Any], num_actions: int) -> np.ndarray:
     """Deploy-v0's mask: keep and OServe always; candidate k unless unused or the current deployment's shape."""
-    from oserve_rl.envs.deploy import KEEP, OSERVE, _same_shape
+    from oserve_rl.envs.deploy import KEEP, OSERVE
 
     mask = np.zeros(num_actions, dtype=np.float32)
     mask[KEEP] = mask[OSERVE] = 1.0
+    current = Counter(deployment.configs) if deployment is not None else None  # the replica multiset
     for k, d in enumerate(candidates):
-        mask[2 + k] = 0.0 if (deployment is not None and _same_shape(d, deployment)) else 1.0
+        mask[2 + k] = 0.0 if current is not None and Counter(d.configs) == current else 1.0
     return mask
 
 

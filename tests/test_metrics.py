@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oserve_rl.errors import ConfigError, TraceError
 from oserve_rl.sim.metrics import per_request, percentiles, summary, write
@@ -141,3 +143,17 @@ def test_recorder_from_trace_and_invariants():
     rec.status[0] = STATUS_COMPLETED  # completed without timestamps
     with pytest.raises(AssertionError, match="missing timestamp"):
         rec.check_invariants()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0.0, 1e4, allow_nan=False)), max_size=300))
+def test_grouped_p99_is_numpys_percentile_bit_for_bit(rows):
+    from oserve_rl.sim.metrics import grouped_p99
+
+    groups = np.array([g for g, _ in rows], dtype=np.int64)
+    values = np.array([v for _, v in rows], dtype=float)
+    got = grouped_p99(values, groups, 6)
+    for g in range(6):
+        mine = values[groups == g]
+        want = np.percentile(mine, 99) if mine.size else np.nan
+        assert (np.isnan(got[g]) and np.isnan(want)) or got[g] == want, (g, got[g], want)

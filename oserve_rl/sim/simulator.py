@@ -192,6 +192,11 @@ class ClusterSimulator:
         return self._next_arrival
 
     @property
+    def num_replicas_started(self) -> int:
+        """Engines started so far; their ``replica_id``s (what ``recorder.replica`` holds) are ``0 ..`` this ``- 1``."""
+        return self._replica_seq
+
+    @property
     def switch_time_left_s(self) -> float:
         """Seconds until every replica of the current deployment accepts (0 when none is loading)."""
         left = [t for t, eng in zip(self._ready_at, self.replicas) if eng is None]
