@@ -169,3 +169,29 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert main(["perf", "predict", "--points", str(p)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_overriding_the_engine_overheads_reaches_the_iteration_kernel():
+    """ReplicaPerf documents step_overhead_s / per_seq_overhead_s as per-instance overrides; the compiled
+    IterationCost reads them at construction, so setting one must rebuild it."""
+    from oserve_rl.catalog import get_gpu, get_model
+    from oserve_rl.perf import ReplicaPerf
+
+    perf = ReplicaPerf(get_model("llama-2-70b"), get_gpu("a100-80gb"), tp=2)
+    before = perf.iteration_s_agg(64, 64, 0.0, 64, 64_000)
+    perf.step_overhead_s += 0.01
+    perf.per_seq_overhead_s += 1e-5
+    assert perf.iteration_s_agg(64, 64, 0.0, 64, 64_000) == pytest.approx(before + 0.01 + 64 * 1e-5, rel=1e-12)
+    assert replica_perf("llama-2-70b", "a100-80gb", tp=2).step_overhead_s == ReplicaPerf.step_overhead_s
+
+
+def test_iteration_cost_beyond_its_tables_matches_the_numpy_path(a100_70b):
+    big = a100_70b.TABLE_TOKENS + 100
+    lin = float(a100_70b._linear_table(np.array([big]))[0])
+    t = a100_70b.iteration_s_agg(big, 1, 0.0, 0, 0)
+    assert t == pytest.approx(lin + a100_70b.lm_head_scalar(1) + a100_70b.step_overhead_s + a100_70b.per_seq_overhead_s,
+                              rel=1e-12)
+    base, slope = a100_70b.decode_attn_coeffs(5000)
+    d = a100_70b.iteration_s_agg(5000, 5000, 0.0, 5000, 10**7)
+    assert d == pytest.approx(a100_70b.linear_s(5000) + a100_70b.lm_head_scalar(5000) + base + slope * 10**7
+                              + a100_70b.step_overhead_s + 5000 * a100_70b.per_seq_overhead_s, rel=1e-12)

@@ -149,7 +149,6 @@ class ReplicaPerf:
         base[0] = 0.0
         self._dec_base = (self.layers * base).tolist()
         self._dec_slope = (self.layers * slope).tolist()
-        self._lm_cache: dict[int, float] = {}
         self.cost = self._iteration_cost()
 
     def _iteration_cost(self) -> IterationCost:
@@ -262,11 +261,8 @@ class ReplicaPerf:
         return float(self.layers * base), float(self.layers * slope)
 
     def lm_head_scalar(self, num_seqs: int) -> float:
-        """``lm_head_s`` of one count as a float (memoised)."""
-        v = self._lm_cache.get(num_seqs)
-        if v is None:
-            v = self._lm_cache[num_seqs] = float(self.lm_head_s(num_seqs)) if num_seqs > 0 else 0.0
-        return v
+        """``lm_head_s`` of one count as a float (``IterationCost`` memoises it)."""
+        return float(self.lm_head_s(num_seqs)) if num_seqs > 0 else 0.0
 
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
