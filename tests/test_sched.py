@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oserve_rl.catalog import get_cluster
 from oserve_rl.cluster import ReplicaConfig, enumerate_deployments, enumerate_replica_configs, validate_deployment
@@ -491,3 +493,15 @@ def test_disjoint_dispatch_is_the_lps_answer():
     assert checked > 30
     shared = np.array([[1.0, 2.0], [3.0, 4.0]])  # both rows run both types: the LP decides
     assert disjoint_dispatch(shared, np.array([1.0, 1.0])) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10), st.integers(1, 5), st.data())
+def test_unique_rows_is_numpys_unique_over_rows(k, j, data):
+    from oserve_rl.sched.dispatch import _unique_rows
+
+    values = st.sampled_from([0.0, 1e-3, 0.5, 1.25, 3.0, 7.7])
+    n = np.array(data.draw(st.lists(st.lists(values, min_size=j, max_size=j), min_size=k, max_size=k)))
+    u, inv = np.unique(n, axis=0, return_inverse=True)
+    u2, inv2 = _unique_rows(n)
+    assert np.array_equal(u, u2) and np.array_equal(inv.reshape(-1), inv2)

@@ -156,9 +156,12 @@ def test_ctrl_c_keeps_the_latest_model_to_continue_from(tmp_path):
 
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({**TINY, "total_steps": 100_000}))
+    # SIGINT back to its default in the child: a test run started in the background by a non-interactive shell
+    # inherits it ignored, and Python then installs no KeyboardInterrupt handler (Ctrl-C would do nothing).
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--config", str(path), "--logdir",
                              str(tmp_path / "runs"), "--run-name", "long"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # the first evaluation after step 0 has saved a model
         if line.startswith("step 20/"):
             break

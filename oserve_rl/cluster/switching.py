@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -168,9 +169,12 @@ class SwitchPlan:
         return ", ".join(parts)
 
 
-def _link_gbps(cluster: "ClusterSpec") -> tuple[list[int], list[float], float]:
+@lru_cache(maxsize=64)
+def _link_gbps(cluster: "ClusterSpec") -> tuple[tuple[int, ...], tuple[float, ...], float]:
+    """(node of each GPU, intra-node Gb/s per node, inter-node Gb/s): fixed per cluster, and asked at every
+    switch plan and every migrated request's KV transfer (an RL env with random actions switches each step)."""
     nodes = cluster_nodes(cluster)
-    return gpu_node_index(cluster), [n.intra_node_gbps for n in nodes], float(cluster.inter_node_gbps)
+    return tuple(gpu_node_index(cluster)), tuple(n.intra_node_gbps for n in nodes), float(cluster.inter_node_gbps)
 
 
 def kv_transfer_s(
@@ -193,17 +197,24 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 
 def _shard_pieces(old: PlacedReplica, stage: int, pp: int, rank: int, tp: int) -> list[tuple[int, float]]:
     """(old GPU, fraction of the whole model) pieces of old replica covering new shard (stage/pp, rank/tp)."""
+    ids = old.gpu_ids
+    return [(ids[i], f) for i, f in _shard_overlaps(old.config.pp, old.config.tp, stage, pp, rank, tp)]
+
+
+@lru_cache(maxsize=4096)
+def _shard_overlaps(old_pp: int, old_tp: int, stage: int, pp: int, rank: int, tp: int) -> tuple[tuple[int, float], ...]:
+    """``_shard_pieces`` by position in the old replica's GPUs: it depends on the shapes only, and a switch plan
+    asks it for every new GPU against every old replica."""
     out = []
-    ocfg = old.config
-    for s in range(ocfg.pp):
-        lf = _overlap(stage / pp, (stage + 1) / pp, s / ocfg.pp, (s + 1) / ocfg.pp)
+    for s in range(old_pp):
+        lf = _overlap(stage / pp, (stage + 1) / pp, s / old_pp, (s + 1) / old_pp)
         if lf <= 0:
             continue
-        for t in range(ocfg.tp):
-            sf = _overlap(rank / tp, (rank + 1) / tp, t / ocfg.tp, (t + 1) / ocfg.tp)
+        for t in range(old_tp):
+            sf = _overlap(rank / tp, (rank + 1) / tp, t / old_tp, (t + 1) / old_tp)
             if sf > 0:
-                out.append((old.gpu_ids[s * ocfg.tp + t], lf * sf))
-    return out
+                out.append((s * old_tp + t, lf * sf))
+    return tuple(out)
 
 
 def plan_switch(old: Deployment | None, new: Deployment, costs: SwitchCosts | None = None) -> SwitchPlan:

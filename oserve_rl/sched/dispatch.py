@@ -215,7 +215,11 @@ def _solve(c, a_ub, b_ub, a_eq=None, b_eq=None) -> _LPSolution:
 
 def load_scale_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> LoadScale:
     """LP (b) on rows with ``capacity[k]`` replicas each (default 1): max alpha with alpha * lam served."""
-    n, lam, cap = _check(n, lam, capacity)
+    return _load_scale(*_check(n, lam, capacity))
+
+
+def _load_scale(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> LoadScale:
+    """``load_scale_lp`` on checked inputs (``solve_dispatch`` checks once for both LPs)."""
     k_count, j_count = n.shape
     demanded = np.flatnonzero(lam > 0)
     if demanded.size == 0:
@@ -246,7 +250,11 @@ def load_scale_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = 
 
 def max_flow_lp(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> np.ndarray:
     """LP (a): the [K, J] rates that serve the most requests/s in total."""
-    n, lam, cap = _check(n, lam, capacity)
+    return _max_flow(*_check(n, lam, capacity))
+
+
+def _max_flow(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """``max_flow_lp`` on checked inputs."""
     rows, types = _edges(n, lam, cap)
     x = np.zeros_like(n)
     if rows.size == 0:
@@ -268,18 +276,17 @@ def solve_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None =
     """
     n, lam, cap = _check(n, lam, capacity)
     # Identical rows (replicas of one config) become one row with their summed capacity.
-    uniq, inverse = np.unique(n, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
+    uniq, inverse = _unique_rows(n)
     group_cap = np.bincount(inverse, weights=cap, minlength=len(uniq))
     share = np.divide(cap, group_cap[inverse], out=np.zeros_like(cap), where=group_cap[inverse] > 0)
-    ls = load_scale_lp(uniq, lam, group_cap)
+    ls = _load_scale(uniq, lam, group_cap)
     x_alpha = ls.x[inverse] * share[:, None]
     if math.isinf(ls.alpha):
         x_flow = np.zeros_like(n)
     elif ls.alpha >= 1.0:
         x_flow = x_alpha / ls.alpha  # serves lam exactly: a max-flow optimum
     else:
-        x_flow = max_flow_lp(uniq, lam, group_cap)[inverse] * share[:, None]
+        x_flow = _max_flow(uniq, lam, group_cap)[inverse] * share[:, None]
     x = x_flow
     busy = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
     per_cap = np.divide(1.0, cap, out=np.zeros_like(cap), where=cap > 0)
@@ -294,6 +301,17 @@ def solve_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None =
     for a in arrays.values():
         a.setflags(write=False)
     return DispatchResult(alpha=ls.alpha, **arrays)
+
+
+def _unique_rows(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(n, axis=0, return_inverse=True)``: the distinct rows in lexicographic order (the LP's row
+    order, hence which vertex it returns where several are optimal) and each row's index among them, in a
+    fifth of the time for the few rows here (the LP is asked dozens of times per OServe decision)."""
+    rows = [tuple(r) for r in n.tolist()]
+    keys = sorted(set(rows))
+    index = {k: i for i, k in enumerate(keys)}
+    return (np.array(keys, dtype=np.float64).reshape(len(keys), n.shape[1]),
+            np.array([index[r] for r in rows], dtype=np.intp))
 
 
 def disjoint_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None

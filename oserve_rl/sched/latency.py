@@ -248,7 +248,12 @@ def mean_e2e_s(share: np.ndarray, ttft_s: np.ndarray, tpot_s: np.ndarray, mu: np
 
 
 class LatencyModel:
-    """The p99 proxy for dispatches over replicas of ``configs`` (memoised per (config, rates))."""
+    """The p99 proxy for dispatches over replicas of ``configs`` (memoised per (config, rates)).
+
+    OServe scores ~30 dispatches per decision with it, so the per-call work runs on plain lists (compiled
+    where built) and the per-config constants (cost kernel, KV capacity) are looked up once: the same
+    arithmetic as ``replica_latency`` and ``p99_e2e_s``, without numpy on 5-element arrays.
+    """
 
     def __init__(self, engine: EngineConfig, type_lengths: np.ndarray, spread: OutputSpread):
         tl = np.asarray(type_lengths, dtype=float)
@@ -257,30 +262,64 @@ class LatencyModel:
                               f"got shape {tl.shape}")
         self.engine, self.spread = engine, spread
         self.inp, self.out = np.maximum(tl[:, 0], 1.0), np.maximum(tl[:, 1], 1.0)
-        self._memo: dict[tuple, tuple[float, np.ndarray]] = {}
+        self._inp, self._out = self.inp.tolist(), self.out.tolist()
+        self._mu, self._sigma = spread.mu.tolist(), spread.sigma.tolist()
+        self._memo: dict[tuple, tuple[float, list]] = {}
+        self._configs: dict[ReplicaConfig, tuple[IterationCost, float]] = {}
 
     def replica(self, config: ReplicaConfig, rates_rps: np.ndarray) -> tuple[float, np.ndarray]:
-        key = (config, tuple(np.round(np.asarray(rates_rps, float), 6)))
+        """(TPOT s, TTFT s per type) of one replica of ``config`` at ``rates_rps`` (``replica_latency``)."""
+        tpot, ttft = self._replica(config, np.asarray(rates_rps, float).tolist())
+        return tpot, np.array(ttft)
+
+    def _replica(self, config: ReplicaConfig, rates: list) -> tuple[float, list]:
+        # Key: the rates rounded to 1e-6 rps (np.round's rint(x * 1e6) / 1e6, which Python's round matches).
+        key = (config, tuple([round(v * 1e6) / 1e6 for v in rates]))
         hit = self._memo.get(key)
         if hit is None:
             if len(self._memo) > 50_000:
                 self._memo.clear()
-            hit = self._memo[key] = replica_latency(config, self.engine, np.asarray(rates_rps, float), self.inp,
-                                                    self.out)
+            hit = self._memo[key] = self._solve(config, rates)
         return hit
+
+    def _solve(self, config: ReplicaConfig, rates: list) -> tuple[float, list]:
+        J = len(rates)
+        if not sum(rates) > 0:
+            return 0.0, [0.0] * J
+        consts = self._configs.get(config)
+        if consts is None:
+            perf = config.perf()
+            consts = self._configs[config] = (perf.cost, float(perf.kv_capacity_tokens(self.engine)))
+        tpot, per_token_s, wait_s = steady_state(consts[0], rates, self._inp, self._out,
+                                                 int(self.engine.max_num_batched_tokens),
+                                                 int(self.engine.max_num_seqs), consts[1], 30)
+        if tpot == math.inf:
+            return math.inf, [math.inf] * J
+        return tpot, [wait_s + i * per_token_s for i in self._inp]
 
     def p99_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray, counts: Sequence[int] | None = None) -> float:
         """Proxy p99 E2E when each replica of row ``k`` (``counts[k]`` replicas of ``configs[k]``, default 1)
         serves ``x_rps[k, j]`` requests/s of type ``j``."""
-        return p99_e2e_s(*self._cells(configs, x_rps, counts))
+        return self._p99(*self._cells(configs, x_rps, counts))
 
     def p99_and_mean_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray,
                        counts: Sequence[int] | None = None) -> tuple[float, float]:
         """``p99_s`` and the mean E2E of the same mixture (what ranks plans whose tails are served alike)."""
         cells = self._cells(configs, x_rps, counts)
-        return p99_e2e_s(*cells), mean_e2e_s(*cells)
+        return self._p99(*cells), mean_e2e_s(*(np.array(c) for c in cells))
 
-    def _cells(self, configs, x_rps, counts):
+    @staticmethod
+    def _p99(share: list, tt: list, tp: list, mu: list, sg: list) -> float:
+        """``p99_e2e_s`` on the cells' lists (every share is > 0 by construction)."""
+        if not share:
+            return 0.0
+        for i in range(len(tt)):
+            if not (math.isfinite(tt[i]) and math.isfinite(tp[i])):
+                return math.inf
+        return mixture_quantile_s(share, tt, tp, mu, sg, 0.99)
+
+    def _cells(self, configs, x_rps, counts) -> tuple[list, list, list, list, list]:
+        """(share, TTFT, TPOT, mu, sigma) of every (row, type) cell with traffic."""
         x = np.asarray(x_rps, dtype=float)
         if x.shape != (len(configs), self.inp.size):
             raise ConfigError(f"LatencyModel.p99_s: x must be [rows={len(configs)}, types={self.inp.size}], "
@@ -288,18 +327,22 @@ class LatencyModel:
         cnt = np.ones(len(configs)) if counts is None else np.asarray(counts, dtype=float)
         if cnt.shape != (len(configs),) or (cnt < 0).any():
             raise ConfigError(f"LatencyModel.p99_s: counts must be {len(configs)} values >= 0, got {counts!r}")
-        share, tt, tp, mu, sg = [], [], [], [], []
-        for k, c in enumerate(configs):
-            if not (x[k].sum() > 0 and cnt[k] > 0):
+        rows, cnts = x.tolist(), cnt.tolist()
+        mu, sigma = self._mu, self._sigma
+        share, tt, tp, mus, sgs = [], [], [], [], []
+        for k in range(len(rows)):
+            row = rows[k]
+            if not (x[k].sum() > 0 and cnts[k] > 0):
                 continue
-            tpot, ttft = self.replica(c, x[k])
-            for j in np.flatnonzero(x[k] > 0):
-                share.append(x[k, j] * cnt[k])
-                tt.append(ttft[j])
-                tp.append(tpot)
-                mu.append(self.spread.mu[j])
-                sg.append(self.spread.sigma[j])
-        return np.array(share), np.array(tt), np.array(tp), np.array(mu), np.array(sg)
+            tpot, ttft = self._replica(configs[k], row)
+            for j in range(len(row)):
+                if row[j] > 0:
+                    share.append(row[j] * cnts[k])
+                    tt.append(ttft[j])
+                    tp.append(tpot)
+                    mus.append(mu[j])
+                    sgs.append(sigma[j])
+        return share, tt, tp, mus, sgs
 
 
 # --------------------------------------------------------------------------- partitions
