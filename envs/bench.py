@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+import oserve_rl
+
 
 @contextmanager
 def _cpu_timed(cls: type, method: str, totals: dict[str, float], key: str) -> Iterator[None]:
@@ -63,8 +65,6 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
                 if term or trunc:
                     break
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
-    import oserve_rl
-
     return {"cluster": cluster, "model": model, "trace": trace, "rate_scale": rate_scale, "policy": policy,
             "core": oserve_rl.native_status()["core"],
             "interval_s": env.cfg.interval_s, "steps": steps, "cpu_s": cpu_s, "wall_s": wall_s,

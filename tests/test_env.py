@@ -175,3 +175,6 @@ def test_bench_env_cli_prints_steps_per_cpu_second_and_where_the_time_goes(capsy
     assert res["steps"] == 2 * 3 and res["policy"] == "random" and res["interval_s"] == 60.0
     assert res["steps_per_cpu_s"] > 0 and 0 < res["simulator_share"] < 1 and 0 < res["decision_share"] < 1
     assert res["simulator_share"] + res["decision_share"] < 1  # disjoint parts of the step
+    import oserve_rl
+
+    assert res["core"] == oserve_rl.native_status()["core"]  # which simulator core the figure is for
