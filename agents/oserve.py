@@ -72,6 +72,7 @@ from oserve_rl.sched import (
     TypeProfile,
     brute_force_search,
     disjoint_dispatch,
+    dispatch_rates,
     flow_guided_search,
     partition_candidates,
     solve_dispatch,
@@ -246,8 +247,7 @@ class OServe(Policy):
             if alpha is not None and need > 0 and not alpha >= need * (1 - 1e-6):
                 return
             if x is None:
-                res = solve_dispatch(rows_n, lam, capacity=rows_cnt)
-                alpha, x = res.alpha, res.x
+                alpha, x = dispatch_rates(rows_n, lam, capacity=rows_cnt)
             if need > 0 and not alpha >= need * (1 - 1e-6):
                 return
             per_rep = np.divide(np.asarray(x, float), rows_cnt[:, None], out=np.zeros_like(rows_n),

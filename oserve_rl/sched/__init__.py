@@ -15,6 +15,7 @@ See docs/sched.md for the formulas and the choices made where the paper is silen
 
 from oserve_rl.sched.dispatch import (
     disjoint_dispatch,
+    dispatch_rates,
     DispatchResult,
     LoadScale,
     dispatch_for_deployment,
@@ -50,7 +51,7 @@ from oserve_rl.sched.search import (
 
 __all__ = [
     "Candidate", "DispatchResult", "LatencyModel", "LoadScale", "OutputSpread", "SearchResult", "ThroughputTable",
-    "TypeProfile", "brute_force_search", "count_shapes", "disjoint_dispatch", "dispatch_for_deployment", "flow_guided_search",
+    "TypeProfile", "brute_force_search", "count_shapes", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates", "flow_guided_search",
     "homogeneous_candidates", "load_scale_lp", "max_flow_csgraph", "max_flow_lp", "p99_e2e_s", "partition_candidates",
     "profiles_from_trace", "replica_latency", "replica_throughput_rps", "simulated_throughput_rps", "solve_dispatch",
     "tail_order", "type_rates_rps",

@@ -275,18 +275,7 @@ def solve_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None =
     ``capacity[k]`` (default 1) lets one row stand for several identical replicas; rates are then per row.
     """
     n, lam, cap = _check(n, lam, capacity)
-    # Identical rows (replicas of one config) become one row with their summed capacity.
-    uniq, inverse = _unique_rows(n)
-    group_cap = np.bincount(inverse, weights=cap, minlength=len(uniq))
-    share = np.divide(cap, group_cap[inverse], out=np.zeros_like(cap), where=group_cap[inverse] > 0)
-    ls = _load_scale(uniq, lam, group_cap)
-    x_alpha = ls.x[inverse] * share[:, None]
-    if math.isinf(ls.alpha):
-        x_flow = np.zeros_like(n)
-    elif ls.alpha >= 1.0:
-        x_flow = x_alpha / ls.alpha  # serves lam exactly: a max-flow optimum
-    else:
-        x_flow = _max_flow(uniq, lam, group_cap)[inverse] * share[:, None]
+    ls, inverse, x_alpha, x_flow = _both_lps(n, lam, cap)
     x = x_flow
     busy = np.divide(1.0, n, out=np.zeros_like(n), where=n > 0)
     per_cap = np.divide(1.0, cap, out=np.zeros_like(cap), where=cap > 0)
@@ -301,6 +290,31 @@ def solve_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None =
     for a in arrays.values():
         a.setflags(write=False)
     return DispatchResult(alpha=ls.alpha, **arrays)
+
+
+def dispatch_rates(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """``solve_dispatch``'s ``(alpha, x)`` alone, without the utilisation and price arrays: what OServe's
+    dispatch ranking asks for each of the ~30 partitions it scores per decision."""
+    n, lam, cap = _check(n, lam, capacity)
+    ls, _, _, x_flow = _both_lps(n, lam, cap)
+    return ls.alpha, x_flow
+
+
+def _both_lps(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> tuple[LoadScale, np.ndarray, np.ndarray, np.ndarray]:
+    """(load-scale LP on the distinct rows, each row's index among them, x at the load scale, the max-flow x)."""
+    # Identical rows (replicas of one config) become one row with their summed capacity.
+    uniq, inverse = _unique_rows(n)
+    group_cap = np.bincount(inverse, weights=cap, minlength=len(uniq))
+    share = np.divide(cap, group_cap[inverse], out=np.zeros_like(cap), where=group_cap[inverse] > 0)
+    ls = _load_scale(uniq, lam, group_cap)
+    x_alpha = ls.x[inverse] * share[:, None]
+    if math.isinf(ls.alpha):
+        x_flow = np.zeros_like(n)
+    elif ls.alpha >= 1.0:
+        x_flow = x_alpha / ls.alpha  # serves lam exactly: a max-flow optimum
+    else:
+        x_flow = _max_flow(uniq, lam, group_cap)[inverse] * share[:, None]
+    return ls, inverse, x_alpha, x_flow
 
 
 def _unique_rows(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -386,6 +400,6 @@ def max_flow_csgraph(
 
 
 __all__ = [
-    "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "load_scale_lp", "max_flow_csgraph",
+    "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates", "load_scale_lp", "max_flow_csgraph",
     "max_flow_lp", "solve_dispatch",
 ]
