@@ -124,16 +124,22 @@ def replica_latency(config: ReplicaConfig, engine: EngineConfig, rates_rps: np.n
     if x.shape != inp.shape or x.shape != out.shape:
         raise ConfigError(f"replica_latency: rates, input_tokens and output_tokens must have one entry per type, got "
                           f"shapes {x.shape}, {inp.shape}, {out.shape}")
-    J = x.size
-    if not x.sum() > 0:
-        return 0.0, np.zeros(J)
     perf = config.perf()
-    tpot, per_token_s, wait_s = steady_state(perf.cost, x.tolist(), inp.tolist(), out.tolist(),
-                                             int(engine.max_num_batched_tokens), int(engine.max_num_seqs),
-                                             float(perf.kv_capacity_tokens(engine)), int(iterations))
+    tpot, ttft = _replica_lists(perf.cost, float(perf.kv_capacity_tokens(engine)), engine, x.tolist(), inp.tolist(),
+                                out.tolist(), int(iterations))
+    return tpot, np.array(ttft)
+
+
+def _replica_lists(cost: IterationCost, kv_capacity_tokens: float, engine: EngineConfig, rates: list, inp: list,
+                   out: list, iterations: int) -> tuple[float, list]:
+    """``replica_latency`` on lists (``LatencyModel`` calls it with its per-config constants looked up once)."""
+    if not sum(rates) > 0:
+        return 0.0, [0.0] * len(rates)
+    tpot, per_token_s, wait_s = steady_state(cost, rates, inp, out, int(engine.max_num_batched_tokens),
+                                             int(engine.max_num_seqs), kv_capacity_tokens, iterations)
     if tpot == math.inf:
-        return math.inf, np.full(J, math.inf)
-    return tpot, wait_s + inp * per_token_s
+        return math.inf, [math.inf] * len(rates)
+    return tpot, [wait_s + i * per_token_s for i in inp]
 
 
 def steady_state(cost: IterationCost, x: list, inp: list, out: list, budget: int, max_num_seqs: int,
@@ -283,19 +289,11 @@ class LatencyModel:
         return hit
 
     def _solve(self, config: ReplicaConfig, rates: list) -> tuple[float, list]:
-        J = len(rates)
-        if not sum(rates) > 0:
-            return 0.0, [0.0] * J
         consts = self._configs.get(config)
         if consts is None:
             perf = config.perf()
             consts = self._configs[config] = (perf.cost, float(perf.kv_capacity_tokens(self.engine)))
-        tpot, per_token_s, wait_s = steady_state(consts[0], rates, self._inp, self._out,
-                                                 int(self.engine.max_num_batched_tokens),
-                                                 int(self.engine.max_num_seqs), consts[1], 30)
-        if tpot == math.inf:
-            return math.inf, [math.inf] * J
-        return tpot, [wait_s + i * per_token_s for i in self._inp]
+        return _replica_lists(consts[0], consts[1], self.engine, rates, self._inp, self._out, 30)
 
     def p99_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray, counts: Sequence[int] | None = None) -> float:
         """Proxy p99 E2E when each replica of row ``k`` (``counts[k]`` replicas of ``configs[k]``, default 1)
