@@ -1,7 +1,8 @@
 """Builds the optional compiled core (Cython); everything else is in pyproject.toml.
 
-The simulator's per-request hot path (the replica engine, the routers and the
-iteration-cost kernel) is plain Python that Cython compiles using the types in
+The simulator's per-request hot path (the modules in ``oserve_rl/_native.py``'s
+``COMPILED``: the engine, its KV pool, the routers, the iteration-cost kernel and the
+p99 proxy) is plain Python that Cython compiles using the types in
 the ``.pxd`` file beside each module. The ``.py`` files stay the one source of
 the rules: without a C compiler the build only warns and the same code runs as
 Python, several times slower (``python -m oserve_rl bench env`` says which).
