@@ -258,11 +258,14 @@ class OServe(Policy):
         consider(configs, counts, n)
         if self.dispatch == "partition" and self.latency_aware and len(dep) > 1:
             demanded = lam > 1e-6
+            rows_cfg = [c for c in configs for _ in (0, 1)]
+            last_side0, rows_n = None, n
             for side0, split in partition_candidates(counts.astype(int).tolist(), self._order, demanded):
+                if side0 is not last_side0:  # a new type split; the replica splits after it share its rows
+                    rows_n = np.stack([n * side0[None, :], n * ~side0[None, :]], axis=1).reshape(-1, n.shape[1])
+                    last_side0 = side0
                 sp = np.array(split, dtype=float)
-                rows_cfg = [c for c in configs for _ in (0, 1)]
                 rows_cnt = np.column_stack([sp, counts - sp]).reshape(-1)
-                rows_n = np.stack([n * side0[None, :], n * ~side0[None, :]], axis=1).reshape(-1, n.shape[1])
                 consider(rows_cfg, rows_cnt, rows_n, side0, split)
         return found
 
