@@ -268,12 +268,4 @@ def interval_p99_s(rec: Any, interval_s: float, end_s: float) -> tuple[np.ndarra
     ok = np.isfinite(e2e)
     n = max(1, math.ceil(end_s / interval_s))
     idx = np.minimum((fin[ok] // interval_s).astype(np.int64), n - 1)
-    vals = e2e[ok]
-    out = np.full(n, np.nan)
-    order = np.argsort(idx, kind="stable")
-    idx, vals = idx[order], vals[order]
-    bounds = np.searchsorted(idx, np.arange(n + 1))
-    for i in range(n):
-        if bounds[i + 1] > bounds[i]:
-            out[i] = np.percentile(vals[bounds[i]:bounds[i + 1]], 99)
-    return np.arange(n) * interval_s, out
+    return np.arange(n) * interval_s, metrics.grouped_p99(e2e[ok], idx, n)

@@ -201,12 +201,18 @@ def p99_e2e_s(share: np.ndarray, ttft_s: np.ndarray, tpot_s: np.ndarray, mu: np.
     tt, tp = np.asarray(ttft_s, dtype=float), np.asarray(tpot_s, dtype=float)
     mu, sg = np.asarray(mu, dtype=float), np.asarray(sigma, dtype=float)
     keep = w > 0
-    if not keep.any():
+    return _cells_quantile_s(w[keep].tolist(), tt[keep].tolist(), tp[keep].tolist(), mu[keep].tolist(),
+                             sg[keep].tolist(), float(q))
+
+
+def _cells_quantile_s(w: list, tt: list, tp: list, mu: list, sg: list, q: float) -> float:
+    """``p99_e2e_s`` on lists of the cells with a positive share: 0 with none, inf if any time is infinite."""
+    if not w:
         return 0.0
-    w, tt, tp, mu, sg = w[keep], tt[keep], tp[keep], mu[keep], sg[keep]
-    if not (np.isfinite(tt).all() and np.isfinite(tp).all()):
-        return math.inf
-    return mixture_quantile_s(w.tolist(), tt.tolist(), tp.tolist(), mu.tolist(), sg.tolist(), float(q))
+    for i in range(len(tt)):
+        if not (math.isfinite(tt[i]) and math.isfinite(tp[i])):
+            return math.inf
+    return mixture_quantile_s(w, tt, tp, mu, sg, q)
 
 
 def mixture_quantile_s(w: list, tt: list, tp: list, mu: list, sg: list, q: float) -> float:
@@ -298,23 +304,13 @@ class LatencyModel:
     def p99_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray, counts: Sequence[int] | None = None) -> float:
         """Proxy p99 E2E when each replica of row ``k`` (``counts[k]`` replicas of ``configs[k]``, default 1)
         serves ``x_rps[k, j]`` requests/s of type ``j``."""
-        return self._p99(*self._cells(configs, x_rps, counts))
+        return _cells_quantile_s(*self._cells(configs, x_rps, counts), 0.99)
 
     def p99_and_mean_s(self, configs: Sequence[ReplicaConfig], x_rps: np.ndarray,
                        counts: Sequence[int] | None = None) -> tuple[float, float]:
         """``p99_s`` and the mean E2E of the same mixture (what ranks plans whose tails are served alike)."""
         cells = self._cells(configs, x_rps, counts)
-        return self._p99(*cells), mean_e2e_s(*(np.array(c) for c in cells))
-
-    @staticmethod
-    def _p99(share: list, tt: list, tp: list, mu: list, sg: list) -> float:
-        """``p99_e2e_s`` on the cells' lists (every share is > 0 by construction)."""
-        if not share:
-            return 0.0
-        for i in range(len(tt)):
-            if not (math.isfinite(tt[i]) and math.isfinite(tp[i])):
-                return math.inf
-        return mixture_quantile_s(share, tt, tp, mu, sg, 0.99)
+        return _cells_quantile_s(*cells, 0.99), mean_e2e_s(*(np.array(c) for c in cells))
 
     def _cells(self, configs, x_rps, counts) -> tuple[list, list, list, list, list]:
         """(share, TTFT, TPOT, mu, sigma) of every (row, type) cell with traffic."""
