@@ -74,6 +74,7 @@ from oserve_rl.sched import (
     disjoint_dispatch,
     dispatch_rates,
     flow_guided_search,
+    load_scale_bound,
     partition_candidates,
     solve_dispatch,
     tail_order,
@@ -260,10 +261,21 @@ class OServe(Policy):
             demanded = lam > 1e-6
             rows_cfg = [c for c in configs for _ in (0, 1)]
             last_side0, rows_n = None, n
+            n_l, lam_l, counts_l = n.tolist(), lam.tolist(), counts.tolist()
+            # The sides are independent LPs sharing alpha, so alpha <= each side's bound. Below the floor, the LP
+            # would reject the partition anyway: skipping it changes nothing (the margin covers HiGHS's
+            # tolerance), and at OServe's planning load half the partitions are such (one side too small).
+            floor = need * (1 - 1e-6) * (1 - 1e-6)
             for side0, split in partition_candidates(counts.astype(int).tolist(), self._order, demanded):
                 if side0 is not last_side0:  # a new type split; the replica splits after it share its rows
                     rows_n = np.stack([n * side0[None, :], n * ~side0[None, :]], axis=1).reshape(-1, n.shape[1])
                     last_side0 = side0
+                    on0 = side0.tolist()
+                    lam0 = [v if s else 0.0 for v, s in zip(lam_l, on0)]
+                    lam1 = [0.0 if s else v for v, s in zip(lam_l, on0)]
+                if need > 0 and (load_scale_bound(n_l, lam0, split) < floor or
+                                 load_scale_bound(n_l, lam1, [c - k for c, k in zip(counts_l, split)]) < floor):
+                    continue
                 sp = np.array(split, dtype=float)
                 rows_cnt = np.column_stack([sp, counts - sp]).reshape(-1)
                 consider(rows_cfg, rows_cnt, rows_n, side0, split)

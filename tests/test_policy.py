@@ -371,6 +371,32 @@ def test_oserve_dispatch_is_ranked_by_its_p99_proxy_and_every_type_has_a_replica
     assert at_plan.dispatch_plan(loop.sim.deployment) is at_plan._plan
 
 
+def test_oserve_routings_with_a_floor_are_those_without_it_that_keep_it(small):
+    # routings() skips, without solving their LPs, the partitions whose load-scale bound is below the floor:
+    # what it returns must be exactly the dispatches that keep the floor.
+    from oserve_rl.policy import ControlLoop
+
+    pol = make_policy("oserve")
+    loop = ControlLoop(small, forecaster=make_predictor("ewma"))
+    pol.reset(loop.context())
+    rng = np.random.default_rng(3)
+    checked = 0
+    for spec in ("2xTP2+1xTP4", "4xTP2", "1xTP2+1xTP2-PP2+1xTP4", "8xTP1"):
+        try:
+            dep = parse_deployment(spec, small.cluster, small.model)
+        except ConfigError:
+            continue
+        for _ in range(6):
+            lam = rng.uniform(0.0, 3.0, small.num_types) * (rng.random(small.num_types) > 0.15)
+            for need in (0.5, 1.0, 1.2, 2.0):
+                kept = [(r.label(), r.alpha, r.p99_s) for r in pol.routings(dep, lam, need)]
+                full = [(r.label(), r.alpha, r.p99_s) for r in pol.routings(dep, lam, 0.0)
+                        if r.alpha >= need * (1 - 1e-6)]
+                assert kept == full
+                checked += len(full) < len(pol.routings(dep, lam, 0.0))
+    assert checked > 5  # some floors did rule partitions out
+
+
 @pytest.mark.parametrize("kwargs, match", [({"dispatch": "maxflow"}, "dispatch must be one of"),
                                            ({"spill": 2.0}, "spill must be in"),
                                            ({"plan_load": "mean"}, "plan_load must be one of"),

@@ -496,6 +496,25 @@ def test_disjoint_dispatch_is_the_lps_answer():
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 5), st.data())
+def test_load_scale_bound_is_an_upper_bound_on_the_lp(k, j, data):
+    from oserve_rl.sched import load_scale_bound
+
+    rate = st.one_of(st.just(0.0), st.floats(0.01, 50.0))
+    n = np.array(data.draw(st.lists(st.lists(rate, min_size=j, max_size=j), min_size=k, max_size=k)))
+    lam = np.array(data.draw(st.lists(rate, min_size=j, max_size=j)))
+    cap = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 5.0]), min_size=k, max_size=k)))
+    bound = load_scale_bound(n.tolist(), lam.tolist(), cap.tolist())
+    alpha = solve_dispatch(n, lam, capacity=cap).alpha
+    if math.isinf(alpha):
+        assert math.isinf(bound)
+    else:
+        assert bound >= alpha * (1 - 1e-9)
+    if k == 1 and cap[0] > 0 and math.isfinite(alpha):  # one row: the bound is the LP's answer
+        assert bound == pytest.approx(alpha, rel=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.integers(1, 10), st.integers(1, 5), st.data())
 def test_unique_rows_is_numpys_unique_over_rows(k, j, data):
     from oserve_rl.sched.dispatch import _unique_rows

@@ -188,7 +188,7 @@ def test_switches_never_drop_requests(data):
     sim = _build(sc)
     res = sim.run()
     sim.check_invariants()
-    rec, s = res.recorder, res.summary
+    s = res.summary
     assert s["in_flight"] == 0
     assert s["completed"] + s["rejected"] == n
     moved = sum(w.migrated_requests + w.requeued_requests for w in res.switches)

@@ -365,6 +365,28 @@ def disjoint_dispatch(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | Non
     return alpha, (np.where(usable, lam[None, :], 0.0) if alpha >= 1.0 else None)
 
 
+def load_scale_bound(n: list[list[float]], lam: list[float], cap: list[float]) -> float:
+    """An upper bound on LP (b)'s ``alpha`` in a few microseconds, from weak duality (inputs as lists).
+
+    Price each demanded type by the time its fastest usable row needs per request, ``p_j = 1 / m_j`` with
+    ``m_j = max_k n_kj`` over rows with ``cap_k > 0``. Any feasible ``(x, alpha)`` then has
+    ``alpha * sum_j lam_j p_j = sum_kj p_j n_kj (x_kj / n_kj) <= sum_k cap_k max_j p_j n_kj``: no dispatch
+    can serve more than ``bound`` times the demand. 0 when a demanded type has no usable row, inf without
+    demand. OServe's partition ranking drops a partition whose bound is below the load-scale floor it must
+    keep without solving its LPs (``OServe.routings``): the LP would have rejected it anyway.
+    """
+    demanded = [j for j, v in enumerate(lam) if v > 0]
+    if not demanded:
+        return math.inf
+    rows = [(row, c) for row, c in zip(n, cap) if c > 0]
+    fastest = [max((row[j] for row, _ in rows), default=0.0) for j in demanded]
+    if not min(fastest) > 0:
+        return 0.0
+    demand_s = sum(lam[j] / m for j, m in zip(demanded, fastest))
+    supply_s = sum(c * max(row[j] / m for j, m in zip(demanded, fastest)) for row, c in rows)
+    return supply_s / demand_s
+
+
 def dispatch_for_deployment(deployment: "Deployment", lam: np.ndarray, table: "ThroughputTable") -> DispatchResult:
     """``solve_dispatch`` on a deployment's replicas (rows in replica order) with ``table``'s throughputs."""
     if len(deployment) == 0:
@@ -407,6 +429,7 @@ def max_flow_csgraph(
 
 
 __all__ = [
-    "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates", "load_scale_lp", "max_flow_csgraph",
+    "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates",
+    "load_scale_bound", "load_scale_lp", "max_flow_csgraph",
     "max_flow_lp", "solve_dispatch",
 ]
