@@ -74,9 +74,9 @@ from oserve_rl.sched import (
     disjoint_dispatch,
     dispatch_rates,
     flow_guided_search,
+    load_scale,
     load_scale_bound,
     partition_candidates,
-    solve_dispatch,
     tail_order,
 )
 
@@ -328,20 +328,17 @@ class OServe(Policy):
                     w[j] = np.where(own, w[j], np.where(n[j] > 0, self.spill * w[j][own].mean(), 0.0))
         return w
 
-    def _dispatch(self, dep: Deployment, lam: np.ndarray):
-        """solve_dispatch memoised per replica multiset for the current rates (a decision asks many times)."""
+    def alpha(self, dep: Deployment, lam: np.ndarray) -> float:
+        """``dep``'s load scale at rates ``lam``, memoised per replica multiset for the current rates (a decision
+        asks many times)."""
         lam = self._servable_lam(lam)
         if self._memo_lam is None or not np.array_equal(lam, self._memo_lam):
             self._memo, self._memo_lam = {}, lam
         key = tuple(sorted(dep.configs, key=repr))
         hit = self._memo.get(key)
         if hit is None:
-            hit = self._memo[key] = (solve_dispatch(self.table.for_deployment(dep), lam), dep.configs)
-        res, order = hit
-        return res, order
-
-    def alpha(self, dep: Deployment, lam: np.ndarray) -> float:
-        return float(self._dispatch(dep, lam)[0].alpha)
+            hit = self._memo[key] = float(load_scale(self.table.for_deployment(dep), lam))
+        return hit
 
     def latency_s(self, dep: Deployment, lam: np.ndarray, need: float = 0.0) -> float:
         """Latency proxy: the predicted p99 E2E of ``dep`` at rates ``lam`` under its best dispatch

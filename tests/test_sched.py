@@ -495,6 +495,23 @@ def test_disjoint_dispatch_is_the_lps_answer():
     assert disjoint_dispatch(shared, np.array([1.0, 1.0])) is None
 
 
+def test_load_scale_is_solve_dispatchs_alpha_bit_for_bit():
+    from oserve_rl.sched import load_scale
+
+    rng = np.random.default_rng(11)
+    below = 0
+    for _ in range(150):
+        k, j = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        n = rng.uniform(0.5, 20.0, (k, j)) * (rng.random((k, j)) > 0.3)
+        n[rng.integers(k)] = n[0]  # identical rows are merged by both
+        lam = rng.uniform(0.0, 30.0, j) * (rng.random(j) > 0.2)
+        cap = rng.integers(0, 4, k).astype(float)
+        alpha = solve_dispatch(n, lam, capacity=cap).alpha
+        assert load_scale(n, lam, cap) == alpha or (math.isnan(alpha) and math.isnan(load_scale(n, lam, cap)))
+        below += alpha < 1.0
+    assert below > 10  # the case where solve_dispatch also solves the max-flow LP
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 6), st.integers(1, 5), st.data())
 def test_load_scale_bound_is_an_upper_bound_on_the_lp(k, j, data):

@@ -300,13 +300,26 @@ def dispatch_rates(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None =
     return ls.alpha, x_flow
 
 
-def _both_lps(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> tuple[LoadScale, np.ndarray, np.ndarray, np.ndarray]:
-    """(load-scale LP on the distinct rows, each row's index among them, x at the load scale, the max-flow x)."""
-    # Identical rows (replicas of one config) become one row with their summed capacity.
+def load_scale(n: np.ndarray, lam: np.ndarray, capacity: np.ndarray | None = None) -> float:
+    """``solve_dispatch(n, lam, capacity).alpha`` alone, bit for bit: the same load-scale LP on the merged rows,
+    without the max-flow LP (``alpha < 1``) and the arrays. What ranking deployments by load scale needs."""
+    n, lam, cap = _check(n, lam, capacity)
+    return _merged_load_scale(n, lam, cap)[0].alpha
+
+
+def _merged_load_scale(n: np.ndarray, lam: np.ndarray, cap: np.ndarray
+                       ) -> tuple[LoadScale, np.ndarray, np.ndarray, np.ndarray]:
+    """(load-scale LP on the distinct rows of ``n``, their summed capacities, each row's index among them, distinct
+    rows). Identical rows (replicas of one config) become one row with their summed capacity."""
     uniq, inverse = _unique_rows(n)
     group_cap = np.bincount(inverse, weights=cap, minlength=len(uniq))
+    return _load_scale(uniq, lam, group_cap), group_cap, inverse, uniq
+
+
+def _both_lps(n: np.ndarray, lam: np.ndarray, cap: np.ndarray) -> tuple[LoadScale, np.ndarray, np.ndarray, np.ndarray]:
+    """(load-scale LP on the distinct rows, each row's index among them, x at the load scale, the max-flow x)."""
+    ls, group_cap, inverse, uniq = _merged_load_scale(n, lam, cap)
     share = np.divide(cap, group_cap[inverse], out=np.zeros_like(cap), where=group_cap[inverse] > 0)
-    ls = _load_scale(uniq, lam, group_cap)
     x_alpha = ls.x[inverse] * share[:, None]
     if math.isinf(ls.alpha):
         x_flow = np.zeros_like(n)
@@ -430,6 +443,6 @@ def max_flow_csgraph(
 
 __all__ = [
     "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates",
-    "load_scale_bound", "load_scale_lp", "max_flow_csgraph",
+    "load_scale", "load_scale_bound", "load_scale_lp", "max_flow_csgraph",
     "max_flow_lp", "solve_dispatch",
 ]
