@@ -65,6 +65,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -169,12 +170,7 @@ class _Space:
         key = tuple(int(c) for c in counts)
         ok = self._placeable.get(key)
         if ok is None:
-            ok = bool(np.all(self.used(counts) <= self.have))
-            if ok:
-                try:
-                    place_replicas(self.config_list(counts), self.cluster)
-                except DoesNotFitError:
-                    ok = False
+            ok = bool(np.all(self.used(counts) <= self.have)) and _fits(self.cluster, tuple(self.config_list(counts)))
             self._placeable[key] = ok
         return ok
 
@@ -264,6 +260,17 @@ def _count_maximal(sizes: Sequence[int], pool: int) -> int:
 
 
 # --------------------------------------------------------------------------- ranking
+
+
+@lru_cache(maxsize=65536)
+def _fits(cluster: ClusterSpec, configs: tuple[ReplicaConfig, ...]) -> bool:
+    """Whether ``place_replicas`` places ``configs`` (in this order) on ``cluster``. Placement is deterministic,
+    so this is shared by every search: OServe searches at every decision, mostly among the same shapes."""
+    try:
+        place_replicas(list(configs), cluster)
+    except DoesNotFitError:
+        return False
+    return True
 
 
 def _rank_key(space: _Space, counts: np.ndarray, start: np.ndarray | None) -> tuple[float, int, int]:
