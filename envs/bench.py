@@ -1,12 +1,20 @@
 """``python -m oserve_rl bench env``: environment steps per CPU-second with random valid actions.
 
-Reports CPU time (process time: other jobs on the machine do not count), the
-share of it spent inside the simulator (``ControlLoop.advance``) and in turning
-actions into decisions (``DeployEnv.decision_for``: OServe's search and dispatch
-ranking), and the same for an always-keep policy (a settled agent switches
-rarely; random actions switch almost every step, which costs plans,
-migrations and LPs). It also says whether the compiled simulator core ran
-(``oserve_rl.native_status()``; the pure-Python one is several times slower).
+Reports CPU time (process time: other jobs on the machine do not count) and
+where it goes:
+
+- ``simulator_share``: inside the simulator (``ControlLoop.advance``);
+- ``decision_share``: turning actions into decisions (``DeployEnv.decision_for``:
+  a candidate's dispatch ranking, or OServe's whole decision), of which
+  ``oserve_share`` is OServe's decisions (action 1, and the first step's
+  ``initial: oserve``);
+- ``forecast_share``: the shared predictor's forecasts (one per step).
+
+The rest is observations, rewards and metrics. ``--policy keep`` measures an
+always-keep policy (a settled agent switches rarely; random actions switch
+almost every step, which costs plans, migrations and LPs). It also says
+whether the compiled simulator core ran (``oserve_rl.native_status()``; the
+pure-Python one is several times slower).
 """
 
 from __future__ import annotations
@@ -45,16 +53,18 @@ def _cpu_timed(cls: type, method: str, totals: dict[str, float], key: str) -> It
 
 def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, episode_s: float = 1800.0,
               episodes: int = 4, seed: int = 0, policy: str = "random", predictor: str = "lstm") -> dict[str, Any]:
+    from oserve_rl.agents.oserve import OServe
     from oserve_rl.envs.deploy import DeployEnv
     from oserve_rl.policy.loop import ControlLoop
 
     env = DeployEnv(cluster=cluster, model=model, trace=trace, rate_scale=rate_scale, episode_s=episode_s,
                     predictor=predictor, invalid_action="error")
-    cpu = {"simulator": 0.0, "decisions": 0.0}
+    cpu = {"simulator": 0.0, "decisions": 0.0, "oserve": 0.0, "forecast": 0.0}
     rng = np.random.default_rng(seed)
     steps = 0
     env.reset(seed=seed)  # builds and caches the candidate set: set-up, not per-step cost
-    with _cpu_timed(ControlLoop, "advance", cpu, "simulator"), _cpu_timed(DeployEnv, "decision_for", cpu, "decisions"):
+    with _cpu_timed(ControlLoop, "advance", cpu, "simulator"), _cpu_timed(DeployEnv, "decision_for", cpu, "decisions"), \
+            _cpu_timed(OServe, "decide", cpu, "oserve"), _cpu_timed(ControlLoop, "forecast_rps", cpu, "forecast"):
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for ep in range(episodes):
             env.reset(seed=seed + ep)
@@ -69,8 +79,9 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
             "core": oserve_rl.native_status()["core"],
             "interval_s": env.cfg.interval_s, "steps": steps, "cpu_s": cpu_s, "wall_s": wall_s,
             "steps_per_cpu_s": steps / cpu_s if cpu_s > 0 else None,
-            "simulator_share": cpu["simulator"] / cpu_s if cpu_s > 0 else None,
-            "decision_share": cpu["decisions"] / cpu_s if cpu_s > 0 else None}
+            **{f"{part}_share": cpu[key] / cpu_s if cpu_s > 0 else None
+               for part, key in (("simulator", "simulator"), ("decision", "decisions"), ("oserve", "oserve"),
+                                 ("forecast", "forecast"))}}
 
 
 def add_parser(sub) -> None:
@@ -104,7 +115,8 @@ def main(args) -> int:
         print(f"{res['steps']} steps of {res['interval_s']:.0f} s on {res['cluster']}, {res['model']}, {res['trace']} "
               f"x{res['rate_scale']:g} ({res['policy']} actions): {res['steps_per_cpu_s']:.1f} steps per CPU-second, "
               f"{100 * res['simulator_share']:.0f} % of it in the simulator, {100 * res['decision_share']:.0f} % in "
-              f"decisions; {res['core']} simulator core", file=sys.stdout)
+              f"decisions ({100 * res['oserve_share']:.0f} % OServe's), {100 * res['forecast_share']:.0f} % in "
+              f"forecasts; {res['core']} simulator core", file=sys.stdout)
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(res, fh, indent=2)

@@ -174,7 +174,12 @@ def test_bench_env_cli_prints_steps_per_cpu_second_and_where_the_time_goes(capsy
     res = json.loads(capsys.readouterr().out)
     assert res["steps"] == 2 * 3 and res["policy"] == "random" and res["interval_s"] == 60.0
     assert res["steps_per_cpu_s"] > 0 and 0 < res["simulator_share"] < 1 and 0 < res["decision_share"] < 1
-    assert res["simulator_share"] + res["decision_share"] < 1  # disjoint parts of the step
+    assert res["simulator_share"] + res["decision_share"] + res["forecast_share"] < 1  # disjoint parts of the step
+    assert 0 <= res["oserve_share"] <= res["decision_share"]  # OServe decides for action 1 only
     import oserve_rl
 
     assert res["core"] == oserve_rl.native_status()["core"]  # which simulator core the figure is for
+    from oserve_rl.envs.bench import bench_env
+
+    keep = bench_env("h100x8", "llama-2-70b", "azure-conv", episode_s=120, episodes=1, policy="keep", predictor="ewma")
+    assert 0 < keep["oserve_share"] <= keep["decision_share"]  # keeping at the first step installs OServe's pick

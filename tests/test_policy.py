@@ -371,6 +371,29 @@ def test_oserve_dispatch_is_ranked_by_its_p99_proxy_and_every_type_has_a_replica
     assert at_plan.dispatch_plan(loop.sim.deployment) is at_plan._plan
 
 
+@pytest.mark.parametrize("name", ["lstm", "ewma", "moving-average"])
+def test_the_episodes_forecasts_come_in_one_batch_and_are_each_histories_forecast(small, name):
+    from oserve_rl.policy import ControlLoop
+
+    kwargs = {"num_types": small.num_types} if name == "lstm" else {}
+    predictor = make_predictor(name, **kwargs)
+    loop = ControlLoop(small, forecaster=predictor)
+    calls = []
+    series = predictor.predict_series
+    predictor.predict_series = lambda *a, **k: calls.append(a[1]) or series(*a, **k)
+    loop.apply(Decision(parse_deployment("2xTP4", small.cluster, small.model)))
+    while True:
+        state = loop.observe()
+        hist = loop.counts_so_far()
+        if len(hist):  # before the first minute the typing window's rates stand in
+            np.testing.assert_allclose(state.forecast_rps, np.maximum(predictor.predict(hist), 0.0) / 60.0,
+                                       rtol=1e-5)
+        if loop.done:
+            break
+        loop.advance()
+    assert calls == [max(len(small.history_counts), 1)]  # one batch, from the first minute with a history on
+
+
 def test_oserve_routings_with_a_floor_are_those_without_it_that_keep_it(small):
     # routings() skips, without solving their LPs, the partitions whose load-scale bound is below the floor:
     # what it returns must be exactly the dispatches that keep the floor.

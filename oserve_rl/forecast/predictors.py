@@ -226,6 +226,9 @@ class OraclePredictor(Predictor):
 # ------------------------------------------------------------------------------------------------ LSTM
 
 
+SMALL_BATCH = 256  # windows up to which one thread is faster than torch's pool (an episode's forecasts: ~30)
+
+
 def _torch():
     import torch  # imported lazily: the baselines and the CLI's help should not pay for torch
 
@@ -326,20 +329,26 @@ class LSTMPredictor(Predictor):
             out = torch.clamp(self.net(xn, scale), min=0.0) * scale
         return out.double().numpy()
 
-    def predict(self, history_counts: np.ndarray) -> np.ndarray:
-        h = _as_history(history_counts, self.name, 1, self.num_types)
-        # One window is far too small to split across threads: with torch's default pool, threads spinning
-        # on a busy 2-core machine cost 15-85 ms of CPU per call against ~1 ms on one thread, with identical
-        # outputs. The caller's setting is restored (training and predict_series keep theirs).
+    def _forward_small(self, windows: np.ndarray) -> np.ndarray:
+        """``_forward_counts`` on one thread, for a few windows.
+
+        A few windows are far too small to split across threads: with torch's default pool, threads spinning
+        on a busy 2-core machine cost 15-85 ms of CPU per call against ~1 ms on one thread, with identical
+        outputs. The caller's setting is restored (training keeps its own).
+        """
         torch = _torch()
         n = torch.get_num_threads()
         if n != 1:
             torch.set_num_threads(1)
         try:
-            return self._forward_counts(_left_pad(h, self.history_min)[None])[0]
+            return self._forward_counts(windows)
         finally:
             if n != 1:
                 torch.set_num_threads(n)
+
+    def predict(self, history_counts: np.ndarray) -> np.ndarray:
+        h = _as_history(history_counts, self.name, 1, self.num_types)
+        return self._forward_small(_left_pad(h, self.history_min)[None])[0]
 
     def predict_series(self, counts: np.ndarray, first_min: int, batch: int = 4096) -> np.ndarray:
         counts = _as_history(counts, self.name, 0, self.num_types)
@@ -352,7 +361,7 @@ class LSTMPredictor(Predictor):
             t = np.arange(lo, min(lo + batch, len(counts)))
             # Minute t's window is counts[t-H:t]; where t < H the padding must repeat counts[0], which it does.
             idx = t[:, None] - H + np.arange(H)[None, :] + (H - 1)
-            out.append(self._forward_counts(padded[idx]))
+            out.append(self._forward_small(padded[idx]) if len(t) <= SMALL_BATCH else self._forward_counts(padded[idx]))
         return np.concatenate(out)
 
     def save(self, path: str | Path) -> Path:

@@ -124,9 +124,30 @@ class ControlLoop:
         # The history is a prefix of the episode's fixed counts, so its length identifies it.
         cached = self._forecast_memo.get(len(hist))
         if cached is None:
+            self._forecast_rest(len(hist))
+            cached = self._forecast_memo.get(len(hist))
+        if cached is None:
             cached = np.maximum(np.asarray(self.forecaster.predict(hist), dtype=float), 0.0) / MINUTE_S
             self._forecast_memo[len(hist)] = cached
         return cached.copy()
+
+    def _forecast_rest(self, first_min: int) -> None:
+        """The forecast of every minute from ``first_min`` to the episode's end, in one ``predict_series`` call.
+
+        Each forecast reads only the minutes before it (all policies see the same ones, step by step), and one
+        batch costs what ~3 single LSTM calls do (2.5 ms for a 30-minute episode against ~0.7 ms per call).
+        ``predict_series`` is also what the forecast benchmark scores (``score_predictors``).
+        """
+        series = getattr(self.forecaster, "predict_series", None)
+        last = min(len(self._counts), self._hist_minutes + int(self.end_s // MINUTE_S) + 1)
+        if series is None or not 1 <= first_min < last:
+            return
+        try:
+            rows = np.asarray(series(self._counts[:last], first_min), dtype=float)
+        except ConfigError:  # a forecaster that needs more history than first_min: predict() says so clearly
+            return
+        for t, row in zip(range(first_min, last), rows):
+            self._forecast_memo.setdefault(t, np.maximum(row, 0.0) / MINUTE_S)
 
     def true_next_rps(self) -> np.ndarray:
         tr, t0 = self.data.trace, self.now_s
