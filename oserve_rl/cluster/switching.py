@@ -252,6 +252,10 @@ def plan_switch(old: Deployment | None, new: Deployment, costs: SwitchCosts | No
     transfers: list[Transfer] = []
     source: dict[int, Literal["reshard", "reload"]] = {}
     reload_reps: list[int] = []
+    # (source replica, new shard, model bytes) -> (old GPU, bytes) pieces: the same for every new replica of a
+    # config, and a plan asks for every new GPU against every old replica (~250 per random RL env step).
+    pieces_of: dict[tuple[int, int, int, int, int, int], list[tuple[int, int]]] = {}
+    network_bps = inter * 1e9 * eff
     for i in starting:
         rep = new.replicas[i]
         cfg = rep.config
@@ -264,18 +268,27 @@ def plan_switch(old: Deployment | None, new: Deployment, costs: SwitchCosts | No
         for s in range(cfg.pp):
             for t in range(cfg.tp):
                 dst = rep.gpu_ids[s * cfg.tp + t]
+                dst_node = node_of[dst]
+                nvlink_bps = intra[dst_node] * 1e9 * eff
                 best = None
-                for o in sources:
-                    pieces = [(g, int(round(f * shard_scale))) for g, f in _shard_pieces(o, s, cfg.pp, t, cfg.tp)]
-                    cost = 0.0
-                    inbound: dict[str, float] = defaultdict(float)
+                for k, o in enumerate(sources):
+                    key = (k, s, cfg.pp, t, cfg.tp, shard_scale)
+                    pieces = pieces_of.get(key)
+                    if pieces is None:
+                        pieces = pieces_of[key] = [(g, int(round(f * shard_scale)))
+                                                   for g, f in _shard_pieces(o, s, cfg.pp, t, cfg.tp)]
+                    # The slowest piece given what each source GPU already sends, and the slowest inbound link.
+                    cost = nvlink_in = network_in = 0.0
                     for g, b in pieces:
-                        kind, bps = link(g, dst)
-                        if kind != "local":
-                            cost = max(cost, (sent[(g, kind)] + b) / bps)
-                            inbound[kind] += b
-                    cost = max([cost, *(b / (intra[node_of[dst]] * 1e9 * eff if k == "nvlink" else inter * 1e9 * eff)
-                                          for k, b in inbound.items())])
+                        if g == dst:
+                            continue
+                        if node_of[g] == dst_node:
+                            cost = max(cost, (sent[(g, "nvlink")] + b) / nvlink_bps)
+                            nvlink_in += b
+                        else:
+                            cost = max(cost, (sent[(g, "network")] + b) / network_bps)
+                            network_in += b
+                    cost = max(cost, nvlink_in / nvlink_bps, network_in / network_bps)
                     if best is None or cost < best[0]:
                         best = (cost, pieces)
                 assert best is not None
