@@ -63,8 +63,9 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
     rng = np.random.default_rng(seed)
     steps = 0
     env.reset(seed=seed)  # builds and caches the candidate set: set-up, not per-step cost
-    with _cpu_timed(ControlLoop, "advance", cpu, "simulator"), _cpu_timed(DeployEnv, "decision_for", cpu, "decisions"), \
-            _cpu_timed(OServe, "decide", cpu, "oserve"), _cpu_timed(ControlLoop, "forecast_rps", cpu, "forecast"):
+    with _cpu_timed(ControlLoop, "advance", cpu, "simulator"), \
+            _cpu_timed(DeployEnv, "decision_for", cpu, "decisions"), _cpu_timed(OServe, "decide", cpu, "oserve"), \
+            _cpu_timed(ControlLoop, "forecast_rps", cpu, "forecast"):
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for ep in range(episodes):
             env.reset(seed=seed + ep)

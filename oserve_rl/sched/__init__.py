@@ -53,8 +53,9 @@ from oserve_rl.sched.search import (
 
 __all__ = [
     "Candidate", "DispatchResult", "LatencyModel", "LoadScale", "OutputSpread", "SearchResult", "ThroughputTable",
-    "TypeProfile", "brute_force_search", "count_shapes", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates", "flow_guided_search",
-    "homogeneous_candidates", "load_scale", "load_scale_bound", "load_scale_lp", "max_flow_csgraph", "max_flow_lp", "p99_e2e_s", "partition_candidates",
-    "profiles_from_trace", "replica_latency", "replica_throughput_rps", "simulated_throughput_rps", "solve_dispatch",
-    "tail_order", "type_rates_rps",
+    "TypeProfile", "brute_force_search", "count_shapes", "disjoint_dispatch", "dispatch_for_deployment",
+    "dispatch_rates", "flow_guided_search", "homogeneous_candidates", "load_scale", "load_scale_bound",
+    "load_scale_lp", "max_flow_csgraph", "max_flow_lp", "p99_e2e_s", "partition_candidates", "profiles_from_trace",
+    "replica_latency", "replica_throughput_rps", "simulated_throughput_rps", "solve_dispatch", "tail_order",
+    "type_rates_rps",
 ]
