@@ -105,6 +105,25 @@ def _dep(spec: str):
     return parse_deployment(spec, get_cluster("h100x8"), "llama-2-70b")
 
 
+def test_live_lstm_forecast_is_the_envs_to_float32_rounding():
+    # The env forecasts an episode in one batch, the controller a minute at a time: the bundled LSTM's
+    # forecasts then agree to float32 rounding, not bit for bit (EWMA's are exact: the test above).
+    lstm = DeployEnv(**{**SMALL, "predictor": "lstm"})
+    lstm.reset(seed=0)
+    data = lstm.loop.data
+    book = ArrivalBook(lstm.J, interval_s=lstm.cfg.interval_s, prior_rps=data.prior_rps,
+                       history_counts=data.history_counts)
+    book.add(data.trace.arrival_s, data.types, data.trace.input_tokens, data.trace.output_tokens)
+    steps = 0
+    while True:
+        st = lstm._state
+        np.testing.assert_allclose(book.forecast_rps(st.now_s, lstm.forecaster), st.forecast_rps, rtol=1e-6)
+        steps += 1
+        if lstm.step(0)[2]:
+            break
+    assert steps >= 5
+
+
 def test_replica_map_rules_grouping_and_cap():
     rules = [{"sim": {"tp": 4}, "live": {"tp": 1, "extra_args": ["--max-num-seqs=16"]}},
              {"sim": {"tp": [2, 1]}, "live": {"tp": 1, "label": "small"}},

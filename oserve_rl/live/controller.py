@@ -385,7 +385,8 @@ class ArrivalBook:
     """Arrivals the controller knows of (trace clock, seconds from the episode start) and what the env
     derives from them: per-minute type counts (history first), last-interval mean lengths, the forecast.
 
-    The arithmetic is ``ControlLoop.observe``'s, so the same arrivals give the same state.
+    The arithmetic is ``ControlLoop.observe``'s, so the same arrivals give the same state (the LSTM's forecast
+    to float32 rounding: ``ControlLoop`` forecasts an episode in one batch, this one minute at a time).
     """
 
     def __init__(self, num_types: int, *, interval_s: float, prior_rps: np.ndarray,
