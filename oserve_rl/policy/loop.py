@@ -36,7 +36,12 @@ from oserve_rl.sim.simulator import ClusterSimulator, SimResult
 
 
 class Forecaster(Protocol):
-    """Anything with ``predict(history [minutes, J]) -> next-minute counts [J]`` (see ``oserve_rl.forecast``)."""
+    """Anything with ``predict(history [minutes, J]) -> next-minute counts [J]`` (see ``oserve_rl.forecast``).
+
+    If it also has ``predict_series(counts [T, J], first_min) -> [T - first_min, J]`` (every minute's
+    forecast from the minutes before it, as ``oserve_rl.forecast.Predictor`` defines it), the control loop
+    forecasts a whole episode with one call to it.
+    """
 
     def predict(self, history: np.ndarray) -> np.ndarray: ...
 
