@@ -334,7 +334,7 @@ class OServe(Policy):
         lam = self._servable_lam(lam)
         if self._memo_lam is None or not np.array_equal(lam, self._memo_lam):
             self._memo, self._memo_lam = {}, lam
-        key = tuple(sorted(dep.configs, key=repr))
+        key = shape_of(dep)
         hit = self._memo.get(key)
         if hit is None:
             hit = self._memo[key] = float(load_scale(self.table.for_deployment(dep), lam))

@@ -127,14 +127,12 @@ class ControlLoop:
         if self.forecaster is None:
             return hist[-1] / MINUTE_S
         # The history is a prefix of the episode's fixed counts, so its length identifies it.
-        cached = self._forecast_memo.get(len(hist))
-        if cached is None:
-            self._forecast_rest(len(hist))
-            cached = self._forecast_memo.get(len(hist))
-        if cached is None:
-            cached = np.maximum(np.asarray(self.forecaster.predict(hist), dtype=float), 0.0) / MINUTE_S
-            self._forecast_memo[len(hist)] = cached
-        return cached.copy()
+        if len(hist) not in self._forecast_memo:
+            self._forecast_rest(len(hist))  # this minute and the rest of the episode, in one batch
+        if len(hist) not in self._forecast_memo:  # no predict_series, or a minute past the episode
+            self._forecast_memo[len(hist)] = np.maximum(np.asarray(self.forecaster.predict(hist), dtype=float),
+                                                        0.0) / MINUTE_S
+        return self._forecast_memo[len(hist)].copy()
 
     def _forecast_rest(self, first_min: int) -> None:
         """The forecast of every minute from ``first_min`` to the episode's end, in one ``predict_series`` call.
