@@ -67,6 +67,7 @@ from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, Decision, Policy, PolicyContext, place_near
 from oserve_rl.sched import (
     LatencyModel,
+    LoadScaleBound,
     OutputSpread,
     ThroughputTable,
     TypeProfile,
@@ -75,7 +76,6 @@ from oserve_rl.sched import (
     dispatch_rates,
     flow_guided_search,
     load_scale,
-    load_scale_bound,
     partition_candidates,
     tail_order,
 )
@@ -253,7 +253,7 @@ class OServe(Policy):
                 return
             per_rep = np.divide(np.asarray(x, float), rows_cnt[:, None], out=np.zeros_like(rows_n),
                                 where=rows_cnt[:, None] > 0)
-            p99, mean = lat.p99_and_mean_s(rows_cfg, per_rep, rows_cnt)
+            p99, mean = lat.p99_and_mean_rows_s(rows_cfg, per_rep.tolist(), rows_cnt.tolist())
             found.append(Routing(float(alpha), p99, list(rows_cfg), rows_cnt, per_rep, side0, split, mean))
 
         consider(configs, counts, n)
@@ -271,10 +271,9 @@ class OServe(Policy):
                     rows_n = np.stack([n * side0[None, :], n * ~side0[None, :]], axis=1).reshape(-1, n.shape[1])
                     last_side0 = side0
                     on0 = side0.tolist()
-                    lam0 = [v if s else 0.0 for v, s in zip(lam_l, on0)]
-                    lam1 = [0.0 if s else v for v, s in zip(lam_l, on0)]
-                if need > 0 and (load_scale_bound(n_l, lam0, split) < floor or
-                                 load_scale_bound(n_l, lam1, [c - k for c, k in zip(counts_l, split)]) < floor):
+                    bound0 = LoadScaleBound(n_l, [v if s else 0.0 for v, s in zip(lam_l, on0)])
+                    bound1 = LoadScaleBound(n_l, [0.0 if s else v for v, s in zip(lam_l, on0)])
+                if need > 0 and (bound0(split) < floor or bound1([c - k for c, k in zip(counts_l, split)]) < floor):
                     continue
                 sp = np.array(split, dtype=float)
                 rows_cnt = np.column_stack([sp, counts - sp]).reshape(-1)

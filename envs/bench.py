@@ -12,7 +12,9 @@ where it goes:
 
 The rest is observations, rewards and metrics. ``--policy keep`` measures an
 always-keep policy (a settled agent switches rarely; random actions switch
-almost every step, which costs plans, migrations and LPs). It also says
+almost every step, which costs plans, migrations and LPs), ``--policy oserve``
+one that takes OServe's action every step (what the trained agents in
+docs/training.md converge to: OServe decides at every step). It also says
 whether the compiled simulator core ran (``oserve_rl.native_status()``; the
 pure-Python one is several times slower).
 """
@@ -30,6 +32,9 @@ from typing import Any
 import numpy as np
 
 import oserve_rl
+
+
+POLICY_ACTION = {"keep": 0, "oserve": 1}  # Deploy-v0's actions (docs/env.md): 0 keeps, 1 is OServe's decision
 
 
 @contextmanager
@@ -70,7 +75,7 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
         for ep in range(episodes):
             env.reset(seed=seed + ep)
             while True:
-                a = int(rng.choice(np.flatnonzero(env.action_masks()))) if policy == "random" else 0
+                a = int(rng.choice(np.flatnonzero(env.action_masks()))) if policy == "random" else POLICY_ACTION[policy]
                 _, _, term, trunc, _ = env.step(a)
                 steps += 1
                 if term or trunc:
@@ -100,8 +105,9 @@ def add_parser(sub) -> None:
                         "machine (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the episodes and the random actions (default: %(default)s)")
-    p.add_argument("--policy", choices=["random", "keep"], default="random",
-                   help="random valid actions, or always keep (a settled agent) (default: %(default)s)")
+    p.add_argument("--policy", choices=["random", *POLICY_ACTION], default="random",
+                   help="random valid actions, always keep (a settled agent), or OServe's action every step "
+                        "(default: %(default)s)")
     p.add_argument("--predictor", default="lstm",
                    help="the shared forecast: lstm, ewma, last-value or moving-average (default: %(default)s)")
     p.add_argument("--json", help="write the result as JSON here ('-' for stdout)")

@@ -183,3 +183,7 @@ def test_bench_env_cli_prints_steps_per_cpu_second_and_where_the_time_goes(capsy
 
     keep = bench_env("h100x8", "llama-2-70b", "azure-conv", episode_s=120, episodes=1, policy="keep", predictor="ewma")
     assert 0 < keep["oserve_share"] <= keep["decision_share"]  # keeping at the first step installs OServe's pick
+    follow = bench_env("h100x8", "llama-2-70b", "azure-conv", episode_s=120, episodes=1, policy="oserve",
+                       predictor="ewma")
+    assert follow["policy"] == "oserve" and follow["steps"] == 2
+    assert 0 < follow["oserve_share"] <= follow["decision_share"]

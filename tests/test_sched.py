@@ -467,6 +467,22 @@ def test_partitioned_dispatch_beats_the_balanced_one_on_a_code_like_mix():
     assert p_part < 0.85 * p_bal
 
 
+def test_latency_list_path_is_the_checked_one_bit_for_bit():
+    """OServe's ranking scores dispatches through ``p99_and_mean_rows_s`` (lists, unchecked): the same p99 and
+    mean as the checked ``p99_and_mean_s``, rows without traffic or replicas included."""
+    from oserve_rl.sched.latency import LatencyModel, OutputSpread
+
+    engine = EngineConfig(max_model_len=4096)
+    cfgs = [ReplicaConfig("llama-2-70b", "h100", tp=4), ReplicaConfig("llama-2-70b", "h100", tp=8)]
+    lat = LatencyModel(engine, CODE_LENGTHS, OutputSpread.from_means(CODE_LENGTHS[:, 1], CODE_CENTRES_OUT))
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        rows = [cfgs[int(i)] for i in rng.integers(0, 2, 4)]
+        x = rng.uniform(0.0, 3.0, (4, 4)) * (rng.random((4, 4)) > 0.4)
+        counts = rng.integers(0, 4, 4).astype(float)
+        assert lat.p99_and_mean_rows_s(rows, x.tolist(), counts.tolist()) == lat.p99_and_mean_s(rows, x, counts)
+
+
 def test_disjoint_dispatch_is_the_lps_answer():
     from oserve_rl.sched import disjoint_dispatch
 
@@ -529,6 +545,33 @@ def test_load_scale_bound_is_an_upper_bound_on_the_lp(k, j, data):
         assert bound >= alpha * (1 - 1e-9)
     if k == 1 and cap[0] > 0 and math.isfinite(alpha):  # one row: the bound is the LP's answer
         assert bound == pytest.approx(alpha, rel=1e-9)
+
+
+def _bound_by_the_formula(n, lam, cap):
+    """load_scale_bound's docstring, spelled out directly (the reference for its per-pattern memo)."""
+    demanded = [j for j, v in enumerate(lam) if v > 0]
+    if not demanded:
+        return math.inf
+    rows = [(row, c) for row, c in zip(n, cap) if c > 0]
+    fastest = [max((row[j] for row, _ in rows), default=0.0) for j in demanded]
+    if not min(fastest) > 0:
+        return 0.0
+    demand_s = sum(lam[j] / m for j, m in zip(demanded, fastest))
+    return sum(c * max(row[j] / m for j, m in zip(demanded, fastest)) for row, c in rows) / demand_s
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 5), st.data())
+def test_one_load_scale_bound_for_many_capacities_is_the_formula_bit_for_bit(k, j, data):
+    from oserve_rl.sched import LoadScaleBound
+
+    rate = st.one_of(st.just(0.0), st.floats(0.01, 50.0))
+    n = data.draw(st.lists(st.lists(rate, min_size=j, max_size=j), min_size=k, max_size=k))
+    lam = data.draw(st.lists(rate, min_size=j, max_size=j))
+    caps = data.draw(st.lists(st.lists(st.sampled_from([0.0, 1.0, 2.0, 5.0]), min_size=k, max_size=k), min_size=1,
+                              max_size=12))
+    bound = LoadScaleBound(n, lam)  # reused: the second cap of a zero pattern reads the memo
+    assert [bound(c) for c in caps] == [_bound_by_the_formula(n, lam, c) for c in caps]
 
 
 @settings(max_examples=300, deadline=None)

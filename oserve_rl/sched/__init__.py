@@ -18,6 +18,7 @@ from oserve_rl.sched.dispatch import (
     dispatch_rates,
     DispatchResult,
     LoadScale,
+    LoadScaleBound,
     dispatch_for_deployment,
     load_scale,
     load_scale_bound,
@@ -52,7 +53,7 @@ from oserve_rl.sched.search import (
 )
 
 __all__ = [
-    "Candidate", "DispatchResult", "LatencyModel", "LoadScale", "OutputSpread", "SearchResult", "ThroughputTable",
+    "Candidate", "DispatchResult", "LatencyModel", "LoadScale", "LoadScaleBound", "OutputSpread", "SearchResult", "ThroughputTable",
     "TypeProfile", "brute_force_search", "count_shapes", "disjoint_dispatch", "dispatch_for_deployment",
     "dispatch_rates", "flow_guided_search", "homogeneous_candidates", "load_scale", "load_scale_bound",
     "load_scale_lp", "max_flow_csgraph", "max_flow_lp", "p99_e2e_s", "partition_candidates", "profiles_from_trace",

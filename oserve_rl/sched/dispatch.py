@@ -388,16 +388,42 @@ def load_scale_bound(n: list[list[float]], lam: list[float], cap: list[float]) -
     demand. OServe's partition ranking drops a partition whose bound is below the load-scale floor it must
     keep without solving its LPs (``OServe.routings``): the LP would have rejected it anyway.
     """
-    demanded = [j for j, v in enumerate(lam) if v > 0]
-    if not demanded:
-        return math.inf
-    rows = [(row, c) for row, c in zip(n, cap) if c > 0]
-    fastest = [max((row[j] for row, _ in rows), default=0.0) for j in demanded]
-    if not min(fastest) > 0:
-        return 0.0
-    demand_s = sum(lam[j] / m for j, m in zip(demanded, fastest))
-    supply_s = sum(c * max(row[j] / m for j, m in zip(demanded, fastest)) for row, c in rows)
-    return supply_s / demand_s
+    return LoadScaleBound(n, lam)(cap)
+
+
+class LoadScaleBound:
+    """``load_scale_bound(n, lam, cap)`` for one ``n`` and ``lam`` and many ``cap``, bit for bit.
+
+    The prices depend on ``cap`` only through which rows have capacity, so each such pattern's per-row
+    terms ``max_j n_kj / m_j`` and the demand ``sum_j lam_j / m_j`` are worked out once: OServe's ranking
+    bounds every replica split of a type split (dozens per decision) against the same few patterns.
+    """
+
+    def __init__(self, n: list[list[float]], lam: list[float]):
+        self.n, self.demanded = n, [j for j, v in enumerate(lam) if v > 0]
+        self.lam = lam
+        self._terms: dict[tuple[bool, ...], tuple[list[float], float] | float] = {}
+
+    def __call__(self, cap: list[float]) -> float:
+        if not self.demanded:
+            return math.inf
+        pattern = tuple([c > 0 for c in cap])
+        terms = self._terms.get(pattern)
+        if terms is None:
+            terms = self._terms[pattern] = self._pattern_terms(pattern)
+        if not isinstance(terms, tuple):
+            return terms  # no usable row for a demanded type: 0
+        per_row, demand_s = terms
+        return sum([c * t for c, t in zip([c for c in cap if c > 0], per_row)]) / demand_s
+
+    def _pattern_terms(self, pattern: tuple[bool, ...]) -> tuple[list[float], float] | float:
+        demanded, lam = self.demanded, self.lam
+        rows = [row for row, on in zip(self.n, pattern) if on]
+        fastest = [max((row[j] for row in rows), default=0.0) for j in demanded]
+        if not min(fastest) > 0:
+            return 0.0
+        demand_s = sum(lam[j] / m for j, m in zip(demanded, fastest))
+        return [max(row[j] / m for j, m in zip(demanded, fastest)) for row in rows], demand_s
 
 
 def dispatch_for_deployment(deployment: "Deployment", lam: np.ndarray, table: "ThroughputTable") -> DispatchResult:
@@ -443,6 +469,6 @@ def max_flow_csgraph(
 
 __all__ = [
     "SATURATED", "DispatchResult", "LoadScale", "disjoint_dispatch", "dispatch_for_deployment", "dispatch_rates",
-    "load_scale", "load_scale_bound", "load_scale_lp", "max_flow_csgraph",
+    "LoadScaleBound", "load_scale", "load_scale_bound", "load_scale_lp", "max_flow_csgraph",
     "max_flow_lp", "solve_dispatch",
 ]

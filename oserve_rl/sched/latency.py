@@ -312,6 +312,13 @@ class LatencyModel:
         cells = self._cells(configs, x_rps, counts)
         return _cells_quantile_s(*cells, 0.99), mean_e2e_s(*(np.array(c) for c in cells))
 
+    def p99_and_mean_rows_s(self, configs: Sequence[ReplicaConfig], rows: list, counts: list) -> tuple[float, float]:
+        """``p99_and_mean_s`` on plain lists, unchecked: ``rows[k][j] >= 0`` rates per replica of row ``k``,
+        ``counts[k] >= 0``. What OServe's ranking calls for each of the ~40 dispatches it scores per decision,
+        whose rates come from the LPs (clipped at 0), without re-checking and re-listing them."""
+        cells = self._cells_lists(configs, rows, counts)
+        return _cells_quantile_s(*cells, 0.99), mean_e2e_s(*(np.array(c) for c in cells))
+
     def _cells(self, configs, x_rps, counts) -> tuple[list, list, list, list, list]:
         """(share, TTFT, TPOT, mu, sigma) of every (row, type) cell with traffic."""
         x = np.asarray(x_rps, dtype=float)
@@ -321,12 +328,17 @@ class LatencyModel:
         cnt = np.ones(len(configs)) if counts is None else np.asarray(counts, dtype=float)
         if cnt.shape != (len(configs),) or (cnt < 0).any():
             raise ConfigError(f"LatencyModel.p99_s: counts must be {len(configs)} values >= 0, got {counts!r}")
-        rows, cnts = x.tolist(), cnt.tolist()
+        return self._cells_lists(configs, x.tolist(), cnt.tolist(), x.sum(axis=1).tolist())
+
+    def _cells_lists(self, configs, rows: list, cnts: list, row_sums: list | None = None
+                     ) -> tuple[list, list, list, list, list]:
+        """``_cells`` on lists. Without ``row_sums`` the rates must be >= 0 (a row carries traffic iff an entry
+        is positive, as its sum is then positive)."""
         mu, sigma = self._mu, self._sigma
         share, tt, tp, mus, sgs = [], [], [], [], []
         for k in range(len(rows)):
             row = rows[k]
-            if not (x[k].sum() > 0 and cnts[k] > 0):
+            if not (cnts[k] > 0 and (row_sums[k] > 0 if row_sums is not None else max(row) > 0)):
                 continue
             tpot, ttft = self._replica(configs[k], row)
             for j in range(len(row)):

@@ -64,8 +64,8 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -82,11 +82,14 @@ DEFAULT_MAX_SHAPES = 50_000
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The chosen deployment with its load scale and routing, and what finding it cost."""
+    """The chosen deployment with its load scale and routing, and what finding it cost.
+
+    ``dispatch`` (the LPs' routing over ``deployment``'s replicas, in its order) is solved on first access:
+    OServe searches at every decision and reads only the deployment and its load scale.
+    """
 
     deployment: Deployment
     objective: float  # alpha of the load-scale LP
-    dispatch: DispatchResult  # per replica of ``deployment``, in its order
     iterations: int  # search iterations (brute force: shapes enumerated)
     evaluations: int  # LPs solved (cache misses)
     wall_s: float
@@ -94,6 +97,11 @@ class SearchResult:
     start_objective: float = math.nan
     switches: int = 0  # replicas started + stopped relative to ``start``
     unservable_types: tuple[int, ...] = ()
+    _space: _Space | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def dispatch(self) -> DispatchResult:
+        return self._space.dispatch(self.deployment)
 
 
 @dataclass(frozen=True)
@@ -438,8 +446,8 @@ def flow_guided_search(
             cur, stale = best, 0
     dep = space.deployment(cur, prefer=start_dep)
     return SearchResult(
-        deployment=dep, objective=space.alpha(cur), dispatch=space.dispatch(dep), iterations=iterations,
-        evaluations=space.evaluations, wall_s=time.perf_counter() - t0,
+        deployment=dep, objective=space.alpha(cur), iterations=iterations,
+        evaluations=space.evaluations, wall_s=time.perf_counter() - t0, _space=space,
         start=start_dep if start_dep is not None else space.deployment(start_counts), start_objective=start_alpha,
         switches=int(np.abs(cur - start_counts).sum()), unservable_types=space.unservable,
     )
@@ -500,8 +508,9 @@ def brute_force_search(
         )
     dep = space.deployment(best)
     return SearchResult(
-        deployment=dep, objective=space.alpha(best), dispatch=space.dispatch(dep), iterations=shapes,
+        deployment=dep, objective=space.alpha(best), iterations=shapes,
         evaluations=space.evaluations, wall_s=time.perf_counter() - t0, unservable_types=space.unservable,
+        _space=space,
     )
 
 
