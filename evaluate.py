@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply each decision's measured wall time before charging it (default 1)")
     p.add_argument("--decision-delay", type=float,
                    help="charge this fixed delay per decision instead of measured wall time (bit-reproducible runs)")
-    p.add_argument("--predictor", help="shared forecast: lstm (bundled), ewma, last, or a directory from "
+    p.add_argument("--predictor", help="shared forecast: lstm (bundled), ewma, last-value, moving-average, oracle, or a directory from "
                                        "`python -m oserve_rl forecast train` (default lstm)")
     p.add_argument("--mode", choices=["fast", "exact"], help="replica engine mode (default fast)")
     p.add_argument("--num-types", type=int, help="request types for k-means typing (default 4)")

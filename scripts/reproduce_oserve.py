@@ -36,9 +36,9 @@ Decision wall time is measured and charged (``decision_delay_s=None``), so
 runs differ slightly between machines; ``--decision-delay 0.3`` makes them
 bit-reproducible.
 
-    .venv/bin/python scripts/reproduce_oserve.py --quick                       # ~4 min
+    .venv/bin/python scripts/reproduce_oserve.py --quick                       # ~25 s
     .venv/bin/python scripts/reproduce_oserve.py --out reports/oserve --json reports/oserve/all.json \\
-        --update-docs docs/oserve.md                                           # ~20 min, docs/oserve.md
+        --update-docs docs/oserve.md                                           # ~3.5 min, docs/oserve.md
     .venv/bin/python scripts/reproduce_oserve.py --from-json reports/oserve/results.json  # re-render only
 """
 

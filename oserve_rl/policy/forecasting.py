@@ -1,8 +1,8 @@
 """Which forecaster the control loop shares with every policy (and the env's observation).
 
 ``load_forecaster(spec)``: ``"lstm"`` (the bundled per-type LSTM trained on
-ServeGen by ``python -m oserve_rl forecast train``), ``"ewma"``, ``"last"``,
-``"moving-average"``, ``"last-value"``, a directory written by ``forecast train``, or
+ServeGen by ``python -m oserve_rl forecast train``), ``"ewma"``, ``"last-value"``,
+``"moving-average"``, ``"oracle"``, a directory written by ``forecast train``, or
 ``"none"`` (no forecaster: policies that plan on forecasts refuse to run).
 """
 
