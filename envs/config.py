@@ -84,6 +84,21 @@ class DeployEnvConfig(BaseModel):
             raise ValueError(f"rate_scale must be > 0 (or a [low, high] range with 0 < low <= high), got {v!r}")
         return v
 
+    @field_validator("start")
+    @classmethod
+    def _start(cls, v: Any) -> Any:
+        if v != "random" and not v >= 0:
+            raise ValueError(f"start must be 'random' or seconds >= 0 into the trace, got {v!r}")
+        return v
+
+    @field_validator("validation_windows")
+    @classmethod
+    def _windows(cls, v: list[float]) -> list[float]:
+        bad = [s for s in v if not s >= 0]
+        if bad:
+            raise ValueError(f"window starts must be seconds >= 0 into the trace, got {bad}")
+        return v
+
     @field_validator("clusters", "models", "traces")
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
@@ -104,11 +119,10 @@ def make_config(options: dict[str, Any] | DeployEnvConfig | None = None, **kw: A
     """Validated config from keyword options (singular ``cluster=``/``model=``/``trace=`` accepted too)."""
     if isinstance(options, DeployEnvConfig) and not kw:
         return options
-    data = dict(options.model_dump() if isinstance(options, DeployEnvConfig) else (options or {}))
-    data.update(kw)
-    for single, plural in (("cluster", "clusters"), ("model", "models"), ("trace", "traces")):
-        if single in data:
-            data[plural] = [data.pop(single)]
+    # Keywords override the options they are given with; within one of them, cluster= and clusters= at once
+    # is ambiguous (which one wins would be a silent choice).
+    data = options.model_dump() if isinstance(options, DeployEnvConfig) else _plural(dict(options or {}))
+    data.update(_plural(kw))
     try:
         return DeployEnvConfig(**data)
     except ValidationError as e:
@@ -118,10 +132,24 @@ def make_config(options: dict[str, Any] | DeployEnvConfig | None = None, **kw: A
             if err["type"] == "extra_forbidden":
                 import difflib
 
-                valid = list(DeployEnvConfig.model_fields) + ["cluster", "model", "trace"]
+                # The valid keys where the unknown one sits: reward.* are RewardConfig's.
+                nested = len(err["loc"]) > 1 and err["loc"][0] == "reward"
+                fields = sorted(RewardConfig.model_fields if nested else DeployEnvConfig.model_fields)
+                valid = fields if nested else fields + ["cluster", "model", "trace"]
                 hint = difflib.get_close_matches(str(err["loc"][-1]), valid, 1)
                 lines.append(f"unknown env option {loc!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                             + f"; valid options: {', '.join(sorted(DeployEnvConfig.model_fields))}")
+                             + f"; valid {'reward ' if nested else ''}options: {', '.join(fields)}")
             else:
-                lines.append(f"env option {loc}: {err['msg']}")
+                lines.append(f"env option {loc}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("; ".join(lines)) from None
+
+
+def _plural(options: dict[str, Any]) -> dict[str, Any]:
+    """``cluster=X`` as ``clusters=[X]`` (likewise model, trace); both spellings at once is an error."""
+    for single, plural in (("cluster", "clusters"), ("model", "models"), ("trace", "traces")):
+        if single in options:
+            if plural in options:
+                raise ConfigError(f"env options {single}={options[single]!r} and {plural}={options[plural]!r} both "
+                                  f"given; use one ({single}=X is {plural}=[X])")
+            options[plural] = [options.pop(single)]
+    return options
