@@ -16,8 +16,10 @@ def read_yaml(path: str | Path, hint: str = "") -> Any:
     try:
         with open(p) as f:
             return yaml.safe_load(f)
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
         raise ConfigError(f"{p}: file not found{hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a YAML file{hint}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python
 RUN=runs/quickstart
-$PY train.py --config configs/train/quickstart.yaml --logdir runs --run-name quickstart
+$PY train.py --config configs/train/quickstart.yaml --logdir runs --run-name quickstart --overwrite  # re-runs replace it
 $PY evaluate.py --cluster h100x16 --model llama-2-70b --trace azure-conv --rate-scale 2 --start 2400 --duration 1200 \
   --predictor ewma --policies "vllm_static,oserve,maskable_ppo:$RUN/model.zip" --out reports/eval/quickstart
 echo

@@ -17,12 +17,16 @@
       windows: [{start_s: 2400, rate_scale: 2.0, data_seed: 0}]
       heuristics: [vllm_static, oserve]
 
-Unknown keys anywhere are an error that names them and the valid ones.
+Unknown keys anywhere are an error that names them and the valid ones; bad values are an error that
+names the file (or the CLI flag that set them) and the field. ``load_train_config`` checks everything it
+can before a run starts (names in the env and eval sections, validation windows, hyperparameters), so
+``train.py`` never writes a run directory for a config that cannot train.
 """
 
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,13 +37,20 @@ from oserve_rl.errors import ConfigError
 from oserve_rl.yamlio import read_yaml_mapping
 
 ALGOS = ("ppo", "maskable_ppo", "dqn", "a2c")
+RLLIB_ALGO = "ppo"  # the rllib backend trains PPO with action masking, nothing else
+# SB3 seeds np.random with the run's seed, which takes 0..2**32-1 (gymnasium refuses negative seeds).
+MAX_SEED = 2**32 - 1
+# The train.py flag behind each override: a bad value is blamed on the flag, not on the YAML.
+FLAGS = {"backend": "--backend", "algo": "--algo", "total_steps": "--total-steps", "seed": "--seed",
+         "n_envs": "--n-envs", "vec_env": "--vec-env", "init_from": "--init-from", "ray_address": "--ray-address",
+         "num_env_runners": "--num-env-runners"}
 
 
 class EvalWindow(BaseModel):
     model_config = ConfigDict(extra="forbid")
     start_s: float = Field(0.0, ge=0)
-    rate_scale: float | None = None  # None: the env's (middle of its range)
-    data_seed: int = 0
+    rate_scale: float | None = Field(None, gt=0)  # None: the env's (middle of its range)
+    data_seed: int = Field(0, ge=0, le=MAX_SEED)
     trace: str | None = None
     cluster: str | None = None
     model: str | None = None
@@ -48,7 +59,8 @@ class EvalWindow(BaseModel):
 class EvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     every_steps: int = Field(2000, ge=1)
-    windows: list[EvalWindow] = [EvalWindow()]
+    # At least one: the agent's validation p99 picks best_model.zip (no window: NaN, never a best model).
+    windows: list[EvalWindow] = Field([EvalWindow()], min_length=1)
     heuristics: list[str] = ["vllm_static", "oserve"]
 
 
@@ -56,9 +68,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     env: dict[str, Any] = {}
     backend: Literal["sb3", "rllib"] = "sb3"
-    algo: Literal["ppo", "maskable_ppo", "dqn", "a2c"] = "maskable_ppo"
+    algo: Literal["ppo", "maskable_ppo", "dqn", "a2c"] = "maskable_ppo"  # rllib: ppo (set when not given)
     total_steps: int = Field(20000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     n_envs: int = Field(1, ge=1)
     # sb3: "subproc" steps the n_envs copies in worker processes, in parallel (the env, not the network, is
     # the cost: ~20-60 ms a step); "dummy" steps them one after another in this process. Same results.
@@ -80,53 +92,146 @@ class TrainConfig(BaseModel):
         return make_config(self.env)
 
 
-def _fmt(e: ValidationError, where: str) -> str:
-    out = []
+# ----------------------------------------------------------------- formatting pydantic's errors
+BOUND_OPS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _loc_str(loc: tuple[Any, ...]) -> str:
+    """``("eval", "windows", 0, "start_s")`` as ``eval.windows[0].start_s``, the way the YAML nests it."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _config_model(annotation: Any) -> type[BaseModel] | None:
+    """The config section a field holds, directly or as list items / optional: where its keys are checked."""
+    if typing.get_origin(annotation) is None and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _config_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The section whose keys are valid at ``loc`` (list indices step into the list's items)."""
+    model: type[BaseModel] = TrainConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        inner = _config_model(field.annotation) if field is not None else None
+        if inner is None:
+            break
+        model = inner
+    return model
+
+
+def _short_msg(err: dict[str, Any]) -> str:
+    """pydantic's message, with bounds said the way the docs say them ("must be >= 1")."""
+    op = BOUND_OPS.get(err["type"])
+    if op is not None:
+        return f"must be {op} {next(iter(err['ctx'].values()))}"
+    if err["type"] == "too_short":
+        return f"needs at least {err['ctx']['min_length']} entry"
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _unknown_key(loc: tuple[Any, ...]) -> str:
+    valid = list(_model_at(loc[:-1]).model_fields)
+    hint = difflib.get_close_matches(str(loc[-1]), valid, 1)
+    return (f"unknown key {_loc_str(loc)!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid here: {', '.join(valid)}")
+
+
+def _fmt(e: ValidationError, where: str, flags: dict[str, str] | None = None) -> str:
+    """One line for every problem: those of CLI flags name the flag, the others the file and the field."""
+    flags = flags or {}
+    in_file, from_flags = [], []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
-            model = TrainConfig
-            for part in err["loc"][:-1]:
-                f = model.model_fields.get(str(part))
-                ann = getattr(f, "annotation", None) if f else None
-                model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else model
-            valid = list(model.model_fields)
-            hint = difflib.get_close_matches(str(err["loc"][-1]), valid, 1)
-            out.append(f"unknown key {loc!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                       + f"; valid here: {', '.join(valid)}")
+            in_file.append(_unknown_key(loc))
+        elif loc and str(loc[0]) in flags:
+            from_flags.append(f"{flags[str(loc[0])]}: {_short_msg(err)}")
         else:
-            out.append(f"{loc}: {err['msg']}")
-    return f"{where}: " + "; ".join(out)
+            got = err.get("input")
+            shown = f" (got {got!r})" if isinstance(got, (int, float, str)) or got is None else ""
+            in_file.append(f"{_loc_str(loc)}: {_short_msg(err)}{shown}")
+    return "; ".join(from_flags + ([f"{where}: " + "; ".join(in_file)] if in_file else []))
+
+
+# ----------------------------------------------------------------- loading
+def _read(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; --config expects a training YAML file "
+                          "(e.g. configs/train/quickstart.yaml)")
+    return read_yaml_mapping(p, hint=" (configs live in configs/train/)")
+
+
+def _flag_text(key: str, value: Any) -> str:
+    return f"{FLAGS.get(key, '--' + key.replace('_', '-'))} {value}"
+
+
+def _rllib_algo(cfg: TrainConfig, where: str, flags: dict[str, str]) -> TrainConfig:
+    """The rllib backend trains PPO: an algo nobody set becomes ppo; one the user set otherwise is an error."""
+    if cfg.backend != "rllib" or cfg.algo == RLLIB_ALGO:
+        return cfg
+    backend = flags.get("backend", f"backend: rllib ({where})")
+    if "algo" in flags:
+        raise ConfigError(f"{flags['algo']}: {cfg.algo} is sb3-only; {backend} trains PPO (with action masking): "
+                          "pass --algo ppo or --backend sb3")
+    if "algo" in cfg.model_fields_set:
+        raise ConfigError(f"{where}: algo: {cfg.algo} is sb3-only; {backend} trains PPO (with action masking): "
+                          "set algo: ppo (or pass --algo ppo), or see configs/train/quickstart_rllib.yaml")
+    return cfg.model_copy(update={"algo": RLLIB_ALGO})
 
 
 def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """Read a YAML config (or start from defaults) and apply CLI overrides (None values are ignored)."""
+    """Read a YAML config (or start from defaults), apply CLI overrides (None values are ignored) and check
+    everything a run needs: a config this returns trains, or fails for reasons outside the config."""
     data: dict[str, Any] = {}
     where = "train config"
     if path is not None:
-        p = Path(path)
-        data = read_yaml_mapping(p, hint=" (configs live in configs/train/)")
-        where = str(p)
-    for k, v in overrides.items():
-        if v is not None:
-            data[k] = v
+        data = _read(path)
+        where = str(path)
+    flags = {k: _flag_text(k, v) for k, v in overrides.items() if v is not None}
+    data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         cfg = TrainConfig(**data)
     except ValidationError as e:
-        raise ConfigError(_fmt(e, where)) from None
+        raise ConfigError(_fmt(e, where, flags)) from None
+    cfg = _rllib_algo(cfg, where, flags)
     try:
-        cfg.env_config()
+        env_cfg = cfg.env_config()
     except ConfigError as e:
         raise ConfigError(f"{where}: env: {e}") from None
     if cfg.backend == "rllib" and (cfg.vec_env != "dummy" or cfg.n_envs != 1):
-        raise ConfigError(f"{where}: n_envs and vec_env are for the sb3 backend; RLlib runs envs in parallel with "
+        which = ", ".join(flags[k] for k in ("n_envs", "vec_env") if k in flags) or where
+        raise ConfigError(f"{which}: n_envs and vec_env are for the sb3 backend; RLlib runs envs in parallel with "
                           "num_env_runners (and hyperparams.num_envs_per_env_runner)")
     if cfg.init_from is not None:
         if cfg.backend == "rllib":
-            raise ConfigError(f"{where}: init_from is for the sb3 backend (RLlib restores with Algorithm.from_checkpoint)")
+            raise ConfigError(f"{flags.get('init_from', where + ': init_from')}: init_from is for the sb3 backend "
+                              "(RLlib restores with Algorithm.from_checkpoint)")
         from oserve_rl.envs.checkpoints import check_compatible
 
-        check_compatible(cfg.init_from, cfg.env_config())  # exists, and fits the spaces of this config's env
+        check_compatible(cfg.init_from, env_cfg)  # exists, and fits the spaces of this config's env
     if cfg.backend == "rllib" and cfg.init_action_bias:
         raise ConfigError(f"{where}: init_action_bias is supported by the sb3 backend only; remove it for --backend rllib")
+    if cfg.ray_address is not None:
+        from oserve_rl.train.rllib import ray_address_problem
+
+        problem = ray_address_problem(cfg.ray_address)
+        if problem is not None:
+            raise ConfigError(f"{flags.get('ray_address', f'{where}: ray_address {cfg.ray_address!r}')}: {problem}")
+    from oserve_rl.train.validation import check_runnable
+
+    try:  # names, windows and hyperparameters: what would otherwise fail after the run directory exists
+        check_runnable(cfg, env_cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     return cfg

@@ -181,6 +181,27 @@ def _unreachable(address: str, why: str) -> ConfigError:
                        f"(or leave --ray-address out to train on a local Ray){auth}")
 
 
+def ray_address_problem(address: str) -> str | None:
+    """What is wrong with the form of a --ray-address (None: nothing); checked before the run directory exists."""
+    if address != "auto" and _parse_host_port(address) is None:
+        return "expected 'auto' or HOST:PORT (e.g. 127.0.0.1:6379)"
+    return None
+
+
+def check_ray_reachable(address: str) -> None:
+    """A TCP probe of HOST:PORT (``auto`` is not probed): ray.init retries an unreachable GCS for a long time,
+    this answers in seconds, and train.py asks it before it writes the run directory."""
+    problem = ray_address_problem(address)
+    if problem is not None:
+        raise ConfigError(f"--ray-address {address!r}: {problem}")
+    hp = _parse_host_port(address)
+    if hp is not None:
+        try:
+            socket.create_connection(hp, timeout=RAY_CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise _unreachable(address, e.strerror or type(e).__name__) from None
+
+
 def init_ray(cfg: TrainConfig, run_dir: Path) -> None:
     """Join ``cfg.ray_address`` (failing fast and clearly when nothing answers) or start a small local Ray."""
     import ray
@@ -189,15 +210,8 @@ def init_ray(cfg: TrainConfig, run_dir: Path) -> None:
         ray.shutdown()
     address = cfg.ray_address
     if address:
+        check_ray_reachable(address)
         hp = _parse_host_port(address)
-        if address != "auto" and hp is None:
-            raise ConfigError(f"--ray-address {address!r}: expected 'auto' or HOST:PORT (e.g. 127.0.0.1:6379)")
-        if hp is not None:
-            # ray.init retries an unreachable GCS for a long time; a TCP probe answers in seconds.
-            try:
-                socket.create_connection(hp, timeout=RAY_CONNECT_TIMEOUT_S).close()
-            except OSError as e:
-                raise _unreachable(address, e.strerror or type(e).__name__) from None
         if address == "auto" or (hp is not None and _is_loopback(hp[0])):
             _use_local_auth_token()
         try:
@@ -213,6 +227,27 @@ def init_ray(cfg: TrainConfig, run_dir: Path) -> None:
         kw["_temp_dir"] = str(tmp)
     ray.init(num_cpus=max(2, cfg.num_env_runners + 1), include_dashboard=False, log_to_driver=False,
              configure_logging=False, **kw)
+
+
+def rllib_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def require_rllib() -> None:
+    """Ray RLlib is an optional extra: say so, before the run directory exists, rather than an ImportError."""
+    if not rllib_installed():
+        raise ConfigError("the rllib backend needs Ray RLlib, which is not installed here: pip install "
+                          "'ray[rllib]>=2.40' (the project's rllib extra), or train with --backend sb3")
+
+
+def check_hyperparams(cfg: TrainConfig) -> None:
+    """The hyperparameters as RLlib takes them: names (``split_hyperparams``), then RLlib's own consistency
+    checks (``PPOConfig.validate``). Imports RLlib (a few seconds) when installed; starts no Ray process."""
+    split_hyperparams(cfg.hyperparams, cfg.total_steps)
+    if rllib_installed():  # without it only the names can be checked; train.py says Ray is missing
+        build_config(cfg)
 
 
 def build_config(cfg: TrainConfig):

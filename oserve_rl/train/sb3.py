@@ -8,21 +8,75 @@ runs the agent and the heuristics on the validation windows and logs
 ``eval/<metric>/<policy>`` to TensorBoard, then save ``model.zip`` (and
 ``best_model.zip``, the best validation p99) beside the resolved config.
 ``init_from`` (``--init-from``) continues a saved model instead of starting one.
+
+``check_hyperparams`` checks ``hyperparams`` before a run starts: names against the algorithm's
+constructor (and ``policy_kwargs`` against its policy's), the ranges SB3 leaves unchecked, and a
+throwaway model built on an env with Deploy-v0's spaces.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
+from oserve_rl.errors import ConfigError
 from oserve_rl.parallel import worker_start_method
 from oserve_rl.train.config import TrainConfig
 from oserve_rl.train.validation import evaluate_on_windows, heuristic_baselines, validation_line, validation_scenarios
+
+POLICY = "MultiInputPolicy"  # Deploy-v0's observation is a Dict
+# Constructor arguments train_sb3 sets itself: in hyperparams they would clash ("multiple values for seed").
+RESERVED = {"policy": f"{POLICY}, for Deploy-v0's Dict observation", "env": "the config's env",
+            "seed": "the top-level seed (--seed)", "verbose": "0", "tensorboard_log": "the run directory's tb/",
+            "device": "cpu", "_init_setup_model": "True"}
+# RLlib's names (docs/rllib.md) for SB3's: a config moved between the backends gets the SB3 name suggested.
+RLLIB_NAMES = {"lr": "learning_rate", "lambda_": "gae_lambda", "num_epochs": "n_epochs",
+               "minibatch_size": "batch_size", "train_batch_size_per_learner": "n_steps",
+               "entropy_coeff": "ent_coef", "vf_loss_coeff": "vf_coef", "clip_param": "clip_range",
+               "grad_clip": "max_grad_norm", "fcnet_hiddens": "policy_kwargs", "rollout_fragment_length": "n_steps"}
+# Arguments of the policy classes' constructors that SB3 fills in.
+POLICY_ARGS_SET = ("self", "observation_space", "action_space", "lr_schedule")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A hyperparameter's valid numbers, where SB3 does not check them itself (``n_steps: 0`` fails deep
+    inside ``learn`` with an UnboundLocalError, ``batch_size: 0`` with a ZeroDivisionError)."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    low_open: bool = False  # ``low`` itself is invalid (a learning rate of 0 learns nothing)
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be {'an integer' if self.integer else 'a number'}"
+        if self.integer and int(value) != value:
+            return "must be an integer"
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}"
+        return None
+
+
+BOUNDS = {
+    "n_steps": Bound(1, integer=True), "batch_size": Bound(1, integer=True), "n_epochs": Bound(1, integer=True),
+    "buffer_size": Bound(1, integer=True), "learning_starts": Bound(0, integer=True),
+    "target_update_interval": Bound(1, integer=True), "learning_rate": Bound(0, low_open=True),
+    "gamma": Bound(0, 1), "gae_lambda": Bound(0, 1), "ent_coef": Bound(0), "vf_coef": Bound(0),
+    "clip_range": Bound(0, low_open=True), "max_grad_norm": Bound(0, low_open=True), "tau": Bound(0, 1),
+    "exploration_fraction": Bound(0, 1), "exploration_initial_eps": Bound(0, 1), "exploration_final_eps": Bound(0, 1),
+}
 
 
 def algo_class(algo: str):
@@ -66,8 +120,6 @@ def apply_action_bias(model: Any, bias: dict[int, float]) -> None:
     """Shift the initial logits of the listed actions (a prior, e.g. towards OServe's action 1)."""
     import torch
 
-    from oserve_rl.errors import ConfigError
-
     net = getattr(model.policy, "action_net", None)
     if net is None or not hasattr(net, "bias"):
         raise ConfigError(f"init_action_bias needs a policy with an action_net (PPO, MaskablePPO, A2C); "
@@ -91,6 +143,96 @@ def agent_actor(model: Any, masked: bool):
     return act
 
 
+def _unknown(keys: list[str], valid: list[str], aliases: dict[str, str]) -> str:
+    hints = []
+    for k in keys:
+        alias = aliases.get(k)
+        close = [alias] if alias in valid else difflib.get_close_matches(k, valid, 1)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(hints)
+
+
+def constructor_args(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` takes."""
+    return [n for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
+
+
+def check_hyperparam_names(algo: str, hp: dict[str, Any]) -> None:
+    """Names against the algorithm's constructor and ``policy_kwargs`` against its policy's; values against
+    ``BOUNDS``. Raises ``ConfigError`` naming the key and the closest valid one."""
+    cls = algo_class(algo)
+    reserved = [k for k in hp if k in RESERVED]
+    if reserved:
+        k = reserved[0]
+        raise ConfigError(f"hyperparams.{k}: set by train.py ({RESERVED[k]}); remove it from hyperparams")
+    valid = [k for k in constructor_args(cls) if k not in RESERVED]
+    unknown = [k for k in hp if k not in valid]
+    if unknown:
+        raise ConfigError(f"hyperparams: unknown key(s) {_unknown(unknown, valid, RLLIB_NAMES)} for {algo} "
+                          f"({cls.__name__}); valid: {', '.join(valid)}")
+    for k, v in hp.items():
+        problem = BOUNDS[k].problem(v) if k in BOUNDS else None
+        if problem is not None:
+            raise ConfigError(f"hyperparams.{k}: {problem}, got {v!r}")
+    kwargs = hp.get("policy_kwargs")
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"hyperparams.policy_kwargs: expected a mapping such as {{net_arch: [64, 64]}}, "
+                          f"got {kwargs!r}")
+    policy_cls = cls.policy_aliases[POLICY]
+    valid = [k for k in constructor_args(policy_cls) if k not in POLICY_ARGS_SET]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise ConfigError(f"hyperparams.policy_kwargs: unknown key(s) {_unknown(unknown, valid, {})} for "
+                          f"{policy_cls.__name__}; valid: {', '.join(valid)}")
+
+
+class SpacesOnlyEnv(gym.Env):
+    """Deploy-v0's spaces without its simulator: enough to build (not to train) a model."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space):
+        super().__init__()
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        raise RuntimeError("SpacesOnlyEnv only builds models")
+
+    def step(self, action: Any):
+        raise RuntimeError("SpacesOnlyEnv only builds models")
+
+
+def build_model(cls: Any, cfg: TrainConfig, env: Any, tensorboard_log: str | None) -> Any:
+    """``cls`` on ``env`` with the YAML's hyperparameters; what its constructor refuses is a ``ConfigError``."""
+    try:
+        return cls(POLICY, env, seed=cfg.seed, verbose=0, tensorboard_log=tensorboard_log, device="cpu",
+                   **cfg.hyperparams)
+    except (TypeError, ValueError, AssertionError, KeyError) as e:
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"hyperparams: {cls.__name__} refuses them: {msg}") from None
+
+
+def check_hyperparams(cfg: TrainConfig) -> None:
+    """``hyperparams`` (and ``init_action_bias``) as ``train_sb3`` will use them, before any run directory exists:
+    names and ranges, then a model built on an env of Deploy-v0's spaces (no episode runs; ~0.5 s)."""
+    import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from oserve_rl.envs.deploy import DeployEnv
+
+    check_hyperparam_names(cfg.algo, cfg.hyperparams)
+    if cfg.init_from:
+        return  # the checkpoint brings its own hyperparameters and logits (docs/training.md)
+    torch.set_num_threads(cfg.torch_threads)
+    spaces = DeployEnv(cfg.env)  # its constructor only: the spaces, no episode
+    env = DummyVecEnv([lambda: SpacesOnlyEnv(spaces.observation_space, spaces.action_space)
+                       for _ in range(cfg.n_envs)])
+    model = build_model(algo_class(cfg.algo), cfg, env, tensorboard_log=None)
+    if cfg.init_action_bias:
+        apply_action_bias(model, cfg.init_action_bias)
+
+
 def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
@@ -106,8 +248,7 @@ def train_sb3(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.init_from:
         model = load_to_continue(cls, cfg, env, run_dir)
     else:
-        model = cls("MultiInputPolicy", env, seed=cfg.seed, verbose=0, tensorboard_log=str(run_dir / "tb"),
-                    device="cpu", **hp)
+        model = build_model(cls, cfg, env, tensorboard_log=str(run_dir / "tb"))
     if cfg.init_action_bias and not cfg.init_from:
         apply_action_bias(model, cfg.init_action_bias)
     eval_env = make_env(cfg, cfg.seed + 10_000)

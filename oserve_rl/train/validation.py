@@ -1,17 +1,103 @@
-"""Validation episodes shared by both backends: the agent and the heuristics on the same windows."""
+"""Validation episodes shared by both backends: the agent and the heuristics on the same windows.
+
+``check_runnable`` checks, before a run starts, what would otherwise fail minutes into it, after its
+run directory exists: the names in ``env`` and ``eval``, the validation windows, the hyperparameters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeVar
 
 import numpy as np
 
-from oserve_rl.envs.policies import env_policy, run_env_episode
+from oserve_rl.envs.config import DeployEnvConfig
+from oserve_rl.envs.policies import ENV_POLICIES, env_policy, run_env_episode
+from oserve_rl.errors import ConfigError, OServeError
 from oserve_rl.policy import Scenario
 from oserve_rl.train.config import TrainConfig
 
+T = TypeVar("T")
+
 METRICS = ("p99_e2e_s", "p50_e2e_s", "slo_attainment", "throughput_rps", "switches", "switch_downtime_s", "return")
+
+
+def _at(field: str, check: Callable[[], T]) -> T:
+    """``check()``, its error said as one about ``field`` of the train config."""
+    try:
+        return check()
+    except OServeError as e:
+        raise ConfigError(f"{field}: {str(e).removeprefix('scenario: ')}") from None
+
+
+@lru_cache(maxsize=16)
+def trace_span_s(trace: str) -> float:
+    """Seconds from the first to the last arrival; loads the trace as the env does (by name, no options)."""
+    from oserve_rl.workload import load_trace
+
+    tr = load_trace(trace)
+    if len(tr) == 0:
+        raise ConfigError(f"trace {trace!r} has no requests")
+    return float(tr.arrival_s[-1] - tr.arrival_s[0])
+
+
+def check_env_names(env_cfg: DeployEnvConfig) -> None:
+    """Every cluster, model and trace exists, each model fits each cluster, ``initial`` and ``predictor`` load:
+    otherwise the first reset fails, in a worker process, after the run directory is written."""
+    from oserve_rl.catalog import get_cluster, get_model
+    from oserve_rl.cluster import enumerate_replica_configs, parse_deployment
+    from oserve_rl.perf import EngineConfig
+    from oserve_rl.policy.forecasting import load_forecaster
+
+    clusters = [_at("env.clusters", lambda c=c: get_cluster(c)) for c in env_cfg.clusters]
+    models = [_at("env.models", lambda m=m: get_model(m)).name for m in env_cfg.models]
+    for trace in env_cfg.traces:
+        _at("env.traces", lambda t=trace: trace_span_s(t))
+    for name, spec in zip(env_cfg.clusters, clusters):
+        for model in models:
+            if not enumerate_replica_configs(model, spec, EngineConfig()):
+                raise ConfigError(f"env: no replica config of {model} (env.models) fits cluster {name} "
+                                  "(env.clusters): pick a larger cluster or a smaller model")
+            if env_cfg.initial != "oserve":
+                _at("env.initial", lambda m=model, c=spec: parse_deployment(env_cfg.initial, c, m))
+    _at("env.predictor", lambda: load_forecaster(env_cfg.predictor))
+
+
+def check_eval(cfg: TrainConfig, env_cfg: DeployEnvConfig) -> None:
+    """The heuristics exist and every validation window builds (its names, its start inside the trace)."""
+    from oserve_rl.catalog import get_cluster, get_model
+
+    for name in cfg.eval.heuristics:
+        if name not in ENV_POLICIES:
+            _at("eval.heuristics", lambda n=name: env_policy(n))
+    for i, w in enumerate(cfg.eval.windows):
+        at = f"eval.windows[{i}]"
+        if w.cluster is not None:
+            _at(f"{at}.cluster", lambda c=w.cluster: get_cluster(c))
+        if w.model is not None:
+            _at(f"{at}.model", lambda m=w.model: get_model(m))
+        trace = w.trace or env_cfg.traces[0]
+        span_s = _at(f"{at}.trace" if w.trace else "env.traces", lambda t=trace: trace_span_s(t))
+        if w.start_s >= span_s:
+            raise ConfigError(f"{at}.start_s: {w.start_s:g} s is past the end of trace {trace!r}; valid: "
+                              f"0 <= start_s < {span_s:g}")
+    scenarios = _at("eval.windows", lambda: validation_scenarios(cfg))
+    for i, (scen, data_seed) in enumerate(scenarios):
+        # Builds the window's arrivals and request types (~0.1 s): no arrivals in it, too few to type, ...
+        _at(f"eval.windows[{i}]", lambda s=scen, d=data_seed: s.build(seed=d))
+
+
+def check_runnable(cfg: TrainConfig, env_cfg: DeployEnvConfig | None = None) -> None:
+    """What ``load_train_config`` checks beyond the schema; errors name the field (the caller adds the file)."""
+    env_cfg = env_cfg or cfg.env_config()
+    check_env_names(env_cfg)
+    check_eval(cfg, env_cfg)
+    if cfg.backend == "rllib":
+        from oserve_rl.train.rllib import check_hyperparams
+    else:
+        from oserve_rl.train.sb3 import check_hyperparams
+    check_hyperparams(cfg)
 
 
 def validation_scenarios(cfg: TrainConfig) -> list[tuple[Scenario, int]]:
