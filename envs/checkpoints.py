@@ -42,6 +42,29 @@ def saved_env_config(path: str | Path) -> DeployEnvConfig:
                           "(train.py writes one into every run directory)")
 
 
+def saved_kind(path: str | Path) -> tuple[str | None, Path | None]:
+    """(the checkpoint kind the run's config.yaml records, that file): ``rllib`` for the RLlib backend, else its
+    ``algo``; (None, None) where no config says."""
+    run = run_dir_of(Path(path))
+    for cand in (run, run.parent, run.parent.parent):
+        cfg_path = cand / "config.yaml"
+        if cfg_path.is_file():
+            cfg = read_yaml_mapping(cfg_path)
+            kind = "rllib" if cfg.get("backend") == "rllib" else cfg.get("algo")
+            return (kind if kind in KINDS else None), cfg_path
+    return None, None
+
+
+def check_kind(kind: str, path: str | Path) -> None:
+    """Refuse a checkpoint named with another algorithm than the one that saved it: loading a MaskablePPO zip as
+    ``ppo`` fails inside SB3 with a TypeError, as ``dqn`` with an AssertionError, neither naming the fix."""
+    saved, cfg_path = saved_kind(path)
+    if saved is not None and saved != kind:
+        field = "backend: rllib" if saved == "rllib" else f"algo: {saved}"
+        raise CheckpointError(f"checkpoint {path} was saved by {saved} ({field} in {cfg_path}), not {kind}: "
+                              f"use {saved}:{path}")
+
+
 def check_compatible(path: str | Path, env_cfg: DeployEnvConfig) -> None:
     """Refuse a checkpoint trained on different observation/action spaces."""
     run = run_dir_of(Path(path))
@@ -65,6 +88,7 @@ class CheckpointPolicy:
         self.kind, self.path = kind, Path(path)
         self.name = f"{kind}:{path}"
         self.env_cfg = saved_env_config(self.path)
+        check_kind(kind, self.path)
         check_compatible(self.path, self.env_cfg)
         self.act = load_actor(kind, self.path)
 
@@ -101,15 +125,23 @@ def load_actor(kind: str, path: Path):
 
     try:
         model = algo_class(kind).load(str(path), device="cpu")
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except OSError as e:  # missing file, a directory: not about the kind
         raise CheckpointError(f"cannot load {kind} checkpoint {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- a foreign zip fails anywhere in SB3 (TypeError, AssertionError, ...)
+        others = ", ".join(k for k in KINDS if k not in (kind, "rllib"))
+        raise CheckpointError(f"cannot load {path} as a {kind} checkpoint ({type(e).__name__}: {e}); the kind must be "
+                              f"the algorithm that trained it (train.py's `algo:`): if not {kind}, one of {others}, "
+                              f"as KIND:{path}") from None
     return agent_actor(model, masked=kind == "maskable_ppo")
 
 
 def checkpoint_policy(spec: str):
-    """``"KIND:PATH"`` -> a factory of ``CheckpointPolicy`` (evaluate.py's ``--policies ppo:runs/x/model.zip``)."""
+    """``"KIND:PATH"`` -> a factory of ``CheckpointPolicy``
+    (evaluate.py's ``--policies maskable_ppo:runs/x/model.zip``)."""
     kind, _, path = spec.partition(":")
-    if kind not in KINDS or not path:
+    if kind not in KINDS:
         raise UnknownNameError("checkpoint kind", kind, list(KINDS))
+    if not path.strip():
+        raise CheckpointError(f"{kind}: needs a checkpoint path, e.g. {kind}:runs/NAME/model.zip")
     CheckpointPolicy(kind, path)  # fail fast: missing file, wrong spaces
     return lambda: CheckpointPolicy(kind, path)

@@ -64,6 +64,7 @@ class EvalTable:
     per_seed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # policy -> one per seed
     results: dict[str, list[EpisodeResult]] = field(default_factory=dict)
     describe: dict[str, dict[str, Any]] = field(default_factory=dict)
+    window: dict[str, Any] = field(default_factory=dict)  # trace_window(scenario): where the arrivals really end
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -102,7 +103,8 @@ class EvalTable:
         pd.DataFrame(rows).to_csv(out / "per_seed.csv", index=False)
         blob = json.dumps(self.to_json(), indent=2, allow_nan=False)
         (out / "results.json").write_text(blob + "\n")
-        meta = {"scenario": self.scenario.to_dict(), "seeds": self.seeds, "policies": self.describe}
+        meta = {"scenario": self.scenario.to_dict(), "window": self.window, "seeds": self.seeds,
+                "policies": self.describe}
         (out / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         _write_json(blob, json_path)
         if plots:
@@ -136,6 +138,140 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 PolicyFactory = Callable[[], Policy]
 
 
+def trace_window(scenario: Scenario) -> dict[str, Any]:
+    """Where the scenario's window lies on its trace, for run.json and evaluate.py's note.
+
+    ``Scenario.build`` runs the window it is given for its whole duration, as the env runs its validation
+    windows (the quickstart's [2400, 3600) s on the 3501.7 s azure-conv trace, which evaluate.py must
+    reproduce): a window that overhangs the trace's end is kept, but requests arrive only until the end.
+    ``arrivals_s`` is how long they do; the control loop still decides over all of ``duration_s`` (decisions
+    and switches in the empty tail count), while the latency and throughput figures cover the requests there are.
+    Spans are the unscaled trace's (``rate_scale`` keeps it, but for up to 30 s of copies' jitter).
+    """
+    from oserve_rl.workload import load_trace
+
+    trace = load_trace(scenario.trace) if isinstance(scenario.trace, str) else scenario.trace
+    span_s = float(trace.arrival_s[-1] - trace.arrival_s[0]) if len(trace) else 0.0
+    if scenario.start_s == "random":  # drawn per seed, inside the trace unless the window is longer than it
+        start_s: float | str = "random"
+        dur_s = span_s if scenario.duration_s is None else float(scenario.duration_s)
+        arrivals_s = min(dur_s, span_s)
+    else:
+        start_s = float(scenario.start_s)
+        dur_s = span_s - start_s if scenario.duration_s is None else float(scenario.duration_s)
+        arrivals_s = max(0.0, min(dur_s, span_s - start_s))
+    return {"start_s": start_s, "duration_s": dur_s, "trace_span_s": span_s, "arrivals_s": arrivals_s,
+            "past_trace_end": arrivals_s < dur_s}
+
+
+def window_note(scenario: Scenario, window: dict[str, Any]) -> str | None:
+    """One line telling that the window runs past the trace's end (None if it does not)."""
+    if not window["past_trace_end"]:
+        return None
+    start = window["start_s"]
+    where = "the window" if start == "random" else f"the window [{start:g}, {start + window['duration_s']:g}) s"
+    return (f"note: {where} runs past the end of trace {scenario.trace!r} ({window['trace_span_s']:.1f} s): requests "
+            f"arrive in its first {window['arrivals_s']:.1f} s only; the episode still runs {window['duration_s']:g} s "
+            "(policies keep deciding over the empty rest); run.json records both as window.arrivals_s and "
+            "window.duration_s")
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_run_options(seeds: Sequence[int], *, interval_s: float, decision_time_scale: float,
+                      decision_delay_s: float | None, mode: str, jobs: int) -> None:
+    """What ``evaluate`` runs with, checked before any episode is built (an interval of 0 would divide by zero
+    when sizing the progress bars; a negative seed would fail deep inside numpy)."""
+    if not seeds:
+        raise ConfigError("evaluate: no seeds given")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+    if bad:
+        raise ConfigError(f"evaluate: seeds must be whole numbers >= 0 (numpy generator seeds), got {bad[0]!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"evaluate: seeds must be distinct (a repeated seed is the same episode), got {list(seeds)}")
+    if not (_is_real(interval_s) and interval_s > 0):
+        raise ConfigError(f"evaluate: interval_s must be simulated seconds > 0, got {interval_s!r}")
+    if not (_is_real(decision_time_scale) and decision_time_scale >= 0):
+        raise ConfigError(f"evaluate: decision_time_scale must be a multiplier >= 0, got {decision_time_scale!r}")
+    if decision_delay_s is not None and not (_is_real(decision_delay_s) and decision_delay_s >= 0):
+        raise ConfigError(f"evaluate: decision_delay_s must be seconds >= 0 or None (measured), "
+                          f"got {decision_delay_s!r}")
+    if mode not in ("fast", "exact"):
+        raise ConfigError(f"evaluate: mode must be 'fast' or 'exact', got {mode!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
+        raise ConfigError(f"evaluate: jobs must be a whole number >= 1, got {jobs!r}")
+
+
+def check_policy_params(params: Any, policies: Sequence[str], where: str = "policy_params",
+                        factories: Sequence[str] = ()) -> None:
+    """Every ``policy_params`` key must be a policy being evaluated that takes parameters: a misspelt key would
+    otherwise be ignored and the policy silently run with its defaults. ``factories`` are labels of
+    (label, factory) entries, which build their policies themselves."""
+    import difflib
+
+    from oserve_rl.envs.checkpoints import KINDS
+
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: expected a mapping of policy name to its parameters, got {params!r}")
+    for key, value in params.items():
+        if str(key).partition(":")[0] in KINDS and key in policies:
+            raise ConfigError(f"{where}: {key!r} is a trained checkpoint: it takes no parameters (its behaviour is "
+                              "its weights and the env options it was trained with)")
+        if key in factories:
+            raise ConfigError(f"{where}: {key!r} is built by the factory passed with it: give its parameters there")
+        if key not in policies:
+            close = difflib.get_close_matches(str(key), list(policies), n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: {key!r} is not a policy being evaluated (policies: "
+                              f"{', '.join(policies)}){hint}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping of parameter names to values, got {value!r}")
+
+
+def _not_a_policy(spec: str, kind: str) -> ConfigError:
+    """``KIND:PATH`` with a KIND that is neither a checkpoint kind nor an importable module."""
+    import difflib
+
+    from oserve_rl.agents import policy_names
+    from oserve_rl.envs.checkpoints import KINDS
+
+    close = difflib.get_close_matches(kind.lower(), KINDS, n=2, cutoff=0.4)
+    hint = f"; did you mean {' or '.join(f'{c}:...' for c in close)}?" if close else ""
+    return ConfigError(f"policy {spec!r}: {kind!r} is not a checkpoint kind{hint} (checkpoint kinds, as KIND:PATH: "
+                       f"{', '.join(KINDS)}; policies: {', '.join(sorted(policy_names()))}; or your own "
+                       "Policy subclass as FILE.py:ClassName or package.module:ClassName)")
+
+
+def policy_entry(spec: str) -> str | tuple[str, PolicyFactory]:
+    """One entry of evaluate.py's ``--policies``, checked now so nothing slow runs before a typo shows.
+
+    A registry name stays a name; ``KIND:PATH`` becomes (spec, checkpoint factory), loaded once here (missing
+    file, wrong spaces, wrong kind); ``FILE.py:Class`` / ``package.module:Class`` stay names (``make_policy``
+    loads them).
+    """
+    import importlib.util
+
+    from oserve_rl.agents import policy_class
+    from oserve_rl.envs.checkpoints import KINDS, checkpoint_policy
+
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in KINDS:
+        return spec, checkpoint_policy(spec)
+    if sep and not kind.endswith(".py"):
+        # ``sac:/tmp/x.zip``: the part after the colon is no class name, or the part before no module: the user
+        # meant a checkpoint of a kind that does not exist, not a module to import.
+        try:
+            importable = importlib.util.find_spec(kind) is not None
+        except (ImportError, ValueError):
+            importable = False
+        if not rest.isidentifier() or not importable:
+            raise _not_a_policy(spec, kind)
+    policy_class(spec)  # unknown names fail before anything slow runs
+    return spec
+
+
 def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFactory]], seeds: Sequence[int] = (0,), *,
              interval_s: float = 60.0, forecaster: Any = None, decision_time_scale: float = 1.0,
              decision_delay_s: float | None = None, mode: str = "fast", progress: bool = True,
@@ -151,11 +287,11 @@ def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFacto
 
     if not policies:
         raise ConfigError("evaluate: no policies given")
-    if not seeds:
-        raise ConfigError("evaluate: no seeds given")
-    if int(jobs) < 1:
-        raise ConfigError(f"evaluate: jobs must be >= 1, got {jobs!r}")
-    params = policy_params or {}
+    check_run_options(seeds, interval_s=interval_s, decision_time_scale=decision_time_scale,
+                      decision_delay_s=decision_delay_s, mode=mode, jobs=jobs)
+    params = {} if policy_params is None else policy_params
+    check_policy_params(params, [p for p in policies if isinstance(p, str)],
+                        factories=[p[0] for p in policies if not isinstance(p, str)])
     named: list[tuple[str, PolicyFactory]] = []
     for p in policies:
         if isinstance(p, tuple):
@@ -169,7 +305,7 @@ def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFacto
     episodes = {seed: scenario.build(seed=seed) for seed in seeds}
     run_kw = {"interval_s": interval_s, "forecaster": forecaster, "decision_time_scale": decision_time_scale,
               "decision_delay_s": decision_delay_s, "mode": mode}
-    table = EvalTable(scenario, list(seeds))
+    table = EvalTable(scenario, list(seeds), window=trace_window(scenario))
     if int(jobs) > 1 and len(named) * len(seeds) > 1:
         done = _run_parallel(named, episodes, run_kw, int(jobs), progress)
     else:
@@ -283,4 +419,5 @@ def write_sweep(tables: dict[float, EvalTable], out_dir: str | Path, json_path: 
     return md
 
 
-__all__ = ["FIGURE_KEYS", "EvalTable", "episode_figures", "evaluate", "write_sweep"]
+__all__ = ["FIGURE_KEYS", "EvalTable", "check_policy_params", "check_run_options", "episode_figures", "evaluate",
+           "policy_entry", "trace_window", "window_note", "write_sweep"]

@@ -8,6 +8,7 @@ ServeGen by ``python -m oserve_rl forecast train``), ``"ewma"``, ``"last-value"`
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ def bundled_lstm_dir() -> Path:
 
 def load_forecaster(spec: Any) -> Any:
     """A forecaster from a name or a trained directory; objects with ``predict`` pass through."""
-    from oserve_rl.forecast import load_predictor, make_predictor
+    from oserve_rl.forecast import load_predictor, make_predictor, predictor_names
 
     if spec is None or hasattr(spec, "predict"):
         return spec
@@ -37,4 +38,9 @@ def load_forecaster(spec: Any) -> Any:
         return load_predictor(path)
     if Path(s).exists():
         return load_predictor(s)
+    if "/" in s or os.sep in s or (os.altsep and os.altsep in s):
+        # A path, not a name: "unknown predictor" with the list of names would hide that the folder is missing.
+        raise CheckpointError(f"predictor folder {s} does not exist; a predictor folder holds predictor.json "
+                              "(+ weights.pt), written by `python -m oserve_rl forecast train --out DIR`; or give a "
+                              f"predictor name: {', '.join(predictor_names())}, none")
     return make_predictor(s)

@@ -52,6 +52,11 @@ class Scenario:
             raise ConfigError(f"scenario: duration_s must be > 0 (or omitted for the whole trace), got {self.duration_s!r}")
         if isinstance(self.start_s, str) and self.start_s != "random":
             raise ConfigError(f"scenario: start_s must be a number of seconds or 'random', got {self.start_s!r}")
+        if not isinstance(self.start_s, str) and not self.start_s >= 0:
+            raise ConfigError(f"scenario: start_s must be seconds >= 0 into the trace (or 'random'), got {self.start_s!r}")
+        if self.max_model_len is not None and (int(self.max_model_len) != self.max_model_len or self.max_model_len < 1):
+            raise ConfigError(f"scenario: max_model_len must be a whole number of tokens >= 1 (or null for the model's "
+                              f"context), got {self.max_model_len!r}")
         if int(self.num_types) != self.num_types or self.num_types < 1:
             raise ConfigError(f"scenario: num_types must be an integer >= 1, got {self.num_types!r}")
         for name in ("slo_ttft_s", "slo_tpot_s"):
@@ -92,7 +97,7 @@ class Scenario:
         # Requests longer than the context are rejected on arrival whatever runs, so they are not typed: a
         # k-means centre spent on them is a type no replica serves (Azure code on Llama-2-70B: 14 % of the
         # requests; OServe's p99 on its first 12 minutes, 32 H100s: 13.78 s typed with them, 8.95 s without).
-        engine = EngineConfig(max_model_len=self.max_model_len) if self.max_model_len else EngineConfig()
+        engine = EngineConfig() if self.max_model_len is None else EngineConfig(max_model_len=self.max_model_len)
         context = engine.context_tokens(model)
         head = base.slice(0.0, max(self.typing_window_s, 1.0)).fitting(context)
         if len(head) < 10 * self.num_types:

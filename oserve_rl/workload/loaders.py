@@ -73,6 +73,15 @@ def bundled_path(name: str) -> Path:
 
 
 # ---------------------------------------------------------- row validation
+# How to get past a bad or unsorted file, for every caller: the loader options (load_trace passes them on), and
+# the one command with flags for them. evaluate.py and train.py have none: their traces must be clean files.
+SKIP_HINT = ("fix the file, or drop up to N bad rows (listed in Trace.notes) with load_trace(..., skip_bad_rows=N) "
+             "or `python -m oserve_rl simulate --skip-bad-rows N`")
+SORT_HINT = ("sort the file by time, or pass sort=True to sort the trace (load_trace(..., sort=True); "
+             "`python -m oserve_rl simulate --sort`)")
+ZERO_HINT = "pass zero_output='as_one' (a load_trace option; no command has a flag for it) to count it as 1 token"
+
+
 class _RowChecker:
     """Collects per-row problems, then either raises (first problem) or drops rows."""
 
@@ -103,7 +112,7 @@ class _RowChecker:
         if n_bad > skip_bad_rows:
             raise TraceError(
                 f"{self.where(first)}, {self.first[first]} "
-                f"({n_bad} bad row{'s' if n_bad > 1 else ''} in the file; skip_bad_rows={skip_bad_rows}; CLI: --skip-bad-rows N)"
+                f"({n_bad} bad row{'s' if n_bad > 1 else ''} in the file; skip_bad_rows={skip_bad_rows}; {SKIP_HINT})"
             )
         shown = ", ".join(str(r + 1) for r in np.flatnonzero(self.bad)[:10])
         notes.append(
@@ -132,7 +141,7 @@ def _token_column(
     negative = (arr < 0) & ~not_whole
     checker.flag(negative, field, "token count must be > 0", raw)
     if not allow_zero_as_one:
-        checker.flag(zero, field, "token count must be > 0 (pass zero_output='as_one' to count it as 1 token)"
+        checker.flag(zero, field, f"token count must be > 0 ({ZERO_HINT})"
                      if field in ("GeneratedTokens", "output_length") else "token count must be > 0", raw)
         zero = np.zeros(len(arr), dtype=bool)
     return arr, zero
@@ -148,7 +157,7 @@ def _order(arrival: np.ndarray, kept_rows: np.ndarray, checker: _RowChecker, fie
         i = int(np.argmax(back)) + 1
         raise TraceError(
             f"{checker.where(int(kept_rows[i]))}, field {field!r}: time goes backwards "
-            f"(earlier than data row {int(kept_rows[i - 1]) + 1}); pass sort=True (CLI: --sort) to sort the trace"
+            f"(earlier than data row {int(kept_rows[i - 1]) + 1}); {SORT_HINT}"
         )
     order = np.argsort(arrival, kind="stable")
     moved = int((order != np.arange(len(order))).sum())
@@ -175,6 +184,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _flag_blank(frame: pd.DataFrame, checker: _RowChecker) -> None:
     checker.flag(frame.isna().all(axis=1).to_numpy(), "(row)", "blank line", None)
+
+
+def _flag_missing(frame: pd.DataFrame, columns: tuple[str, ...], checker: _RowChecker) -> None:
+    """Empty fields, and fields a short row lacks (pandas reads both as NaN): "missing", as the JSONL loader
+    says, instead of the value check's "expected a whole number, got nan". Call before the value checks: a
+    row's first problem is the one reported."""
+    blank = frame.isna().all(axis=1).to_numpy()
+    for col in columns:
+        checker.flag(frame[col].isna().to_numpy() & ~blank, col, "missing (empty, or the row has fewer fields "
+                     f"than the header's {len(frame.columns)})", None)
 
 
 def _require_columns(frame: pd.DataFrame, path: Path, required: tuple[str, ...], kind: str) -> None:
@@ -228,6 +247,7 @@ def _load_azure_cached(path_s: str, _mtime: int, _size: int, sort: bool, skip_ba
         raise TraceError(f"{path}: empty trace (header only, no requests)")
     checker = _RowChecker(path, len(frame), line_offset=1)
     _flag_blank(frame, checker)
+    _flag_missing(frame, AZURE_COLUMNS, checker)
     raw_ts = frame["TIMESTAMP"].astype("string")
     has_offset = raw_ts.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy()
     valid_text = raw_ts.notna().to_numpy()
@@ -403,6 +423,7 @@ def _load_pool_cached(path_s: str, _mtime: int, _size: int, skip_bad_rows: int):
         raise TraceError(f"{path}: empty length pool (header only)")
     checker = _RowChecker(path, len(frame), line_offset=1)
     _flag_blank(frame, checker)
+    _flag_missing(frame, POOL_COLUMNS, checker)
     inp, _ = _token_column(frame["num_prefill_tokens"], "num_prefill_tokens", checker)
     out, _ = _token_column(frame["num_decode_tokens"], "num_decode_tokens", checker)
     notes: list[str] = []
