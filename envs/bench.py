@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 import oserve_rl
+from oserve_rl.errors import ConfigError, UnknownNameError
 
 
 POLICY_ACTION = {"keep": 0, "oserve": 1}  # Deploy-v0's actions (docs/env.md): 0 keeps, 1 is OServe's decision
@@ -62,6 +63,14 @@ def bench_env(cluster: str, model: str, trace: str, *, rate_scale: float = 1.0, 
     from oserve_rl.envs.deploy import DeployEnv
     from oserve_rl.policy.loop import ControlLoop
 
+    # Before the env is built: 0 episodes would time nothing and report "0.0 steps per CPU-second", and a
+    # negative seed fails deep inside numpy.
+    if int(episodes) != episodes or episodes < 1:
+        raise ConfigError(f"bench env: --episodes must be an integer >= 1 (episodes timed), got {episodes!r}")
+    if int(seed) != seed or seed < 0:
+        raise ConfigError(f"bench env: --seed must be an integer >= 0, got {seed!r}")
+    if policy != "random" and policy not in POLICY_ACTION:
+        raise UnknownNameError("bench env policy", policy, ["random", *POLICY_ACTION])
     env = DeployEnv(cluster=cluster, model=model, trace=trace, rate_scale=rate_scale, episode_s=episode_s,
                     predictor=predictor, invalid_action="error")
     cpu = {"simulator": 0.0, "decisions": 0.0, "oserve": 0.0, "forecast": 0.0}

@@ -14,15 +14,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from oserve_rl.errors import OServeError
+
+# Shown for a missing sub-command instead of argparse's dest ("cmd", "perf_cmd"), which users never typed.
+COMMAND_METAVAR = "COMMAND"
 
 
 def _perf_parser(sub) -> None:
     perf = sub.add_parser("perf", help="the calibrated GPU performance model",
                           description="Calibrate, validate and query the GPU performance model.")
-    ps = perf.add_subparsers(dest="perf_cmd", required=True)
+    ps = perf.add_subparsers(dest="perf_cmd", metavar=COMMAND_METAVAR, required=True)
     cal = ps.add_parser("calibrate", help="fit efficiency curves to Vidur-layout profiles and write the parameter file",
                         description="Fit per-GPU efficiency curves (held-out TP 4 and codellama-34b excluded) and "
                                     "write oserve_rl/perf/data/calibration.json. Never edit that file by hand.")
@@ -84,10 +88,20 @@ def _perf_main(args) -> int:
     raise AssertionError(args.perf_cmd)
 
 
+def _prog() -> str:
+    """The name usage lines show: ``oserve-rl`` when run as the console script, else ``python -m oserve_rl``.
+
+    Not argparse's default (the basename of ``sys.argv[0]``): under ``-m`` that is ``__main__.py``, and in
+    tests it is the test runner.
+    """
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "oserve-rl" if name.startswith("oserve-rl") else "python -m oserve_rl"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m oserve_rl", description=__doc__,
+    parser = argparse.ArgumentParser(prog=_prog(), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", metavar=COMMAND_METAVAR, required=True)
     _perf_parser(sub)
     try:
         from oserve_rl.sim.cli import add_simulate_parser
@@ -105,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export(sub)
     bench = sub.add_parser("bench", help="benchmarks (env)", description="Benchmarks that print speed figures.")
-    bs = bench.add_subparsers(dest="bench_cmd", required=True)
+    bs = bench.add_subparsers(dest="bench_cmd", metavar=COMMAND_METAVAR, required=True)
     try:  # the env needs the [rl] extra (gymnasium)
         from oserve_rl.envs.bench import add_parser as add_env_bench
     except ImportError:

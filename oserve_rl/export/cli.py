@@ -65,6 +65,45 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# Annotation names (a policy constructor's, as text: the agents use ``from __future__ import annotations``)
+# -> what a --param value parsed as YAML must be, and how to say so. bool is excluded from the numbers:
+# YAML's true would otherwise pass as 1.
+_PARAM_KINDS: dict[str, tuple[str, Any]] = {
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "None": ("null", lambda v: v is None),
+}
+
+
+def _check_param_types(name: str, params: dict[str, Any]) -> None:
+    """Each --param value against the heuristic constructor's annotation, so that ``hysteresis=abc`` is
+    reported as "must be a number" rather than as the comparison that fails inside the constructor.
+
+    Parameters the constructor does not name, or annotated with types not in ``_PARAM_KINDS``, are left to
+    the constructor (make_policy reports unknown names with the valid ones)."""
+    import inspect
+
+    from oserve_rl.agents import policy_class
+
+    cls = policy_class(name)
+    signature = inspect.signature(cls.__init__).parameters
+    for key, value in params.items():
+        param = signature.get(key)
+        if param is None or param.annotation is inspect.Parameter.empty:
+            continue
+        annotation = param.annotation if isinstance(param.annotation, str) else getattr(
+            param.annotation, "__name__", str(param.annotation))
+        kinds = [k.strip() for k in annotation.replace("NoneType", "None").split("|")]
+        if not all(k in _PARAM_KINDS for k in kinds) or any(_PARAM_KINDS[k][1](value) for k in kinds):
+            continue
+        expected = " or ".join(_PARAM_KINDS[k][0] for k in kinds)
+        default = "" if param.default is inspect.Parameter.empty else f", default {param.default!r}"
+        raise ConfigError(f"--param {key}: {cls.name}'s {key} must be {expected} ({annotation}{default}), got "
+                          f"{value!r} (VALUE is read as YAML: 0.05, 20, true, null, slo)")
+
+
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -106,7 +145,9 @@ def _heuristic(args: argparse.Namespace) -> int:
 
     if args.kind or args.bench:
         raise ConfigError(f"--kind and --bench apply to checkpoints; {args.checkpoint!r} is a heuristic")
-    spec = export_heuristic(args.checkpoint, args.out, _parse_params(args.param), env_config=args.env_config)
+    params = _parse_params(args.param)
+    _check_param_types(args.checkpoint, params)
+    spec = export_heuristic(args.checkpoint, args.out, params, env_config=args.env_config)
     h = spec["heuristic"]
     params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
     print(f"exported heuristic {h['name']} ({params}) to {Path(args.out) / 'policy.json'}")

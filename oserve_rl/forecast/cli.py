@@ -7,6 +7,7 @@ Wire into a parent parser with :func:`add_subparsers` and dispatch with
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from oserve_rl.errors import ConfigError, OServeError
+from oserve_rl.forecast.predictors import EWMAPredictor, MovingAveragePredictor, train_lstm
 
 DEFAULT_TRAIN_SCALES = "0.025,0.1,1"
 DEFAULT_EVAL_SCALE = 0.1
@@ -33,7 +35,8 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train OServe's one-LSTM-per-type forecaster on ServeGen-derived per-minute counts and compare "
                     "it with EWMA, moving-average and last-value forecasts (RRMSE per request type).")
-    fs = fc.add_subparsers(dest="forecast_cmd", required=True)
+    fs = fc.add_subparsers(dest="forecast_cmd", metavar="COMMAND", required=True)
+    lstm_defaults = _defaults(train_lstm)
 
     tr = fs.add_parser("train", help="fit the request typer and train the LSTMs", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -49,13 +52,16 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
                          f"small and large traffic (default {DEFAULT_TRAIN_SCALES}: ~5, ~20, ~200 req/s for m-large)")
     tr.add_argument("--dispersion", default="gamma", choices=["gamma", "poisson"],
                     help="per-minute arrival noise of the ServeGen series (default gamma: uses iat_cv)")
-    tr.add_argument("--epochs", type=int, default=None, help="training epochs (default: see docs/forecast.md)")
-    tr.add_argument("--hidden-size", type=int, default=None, help="LSTM hidden units per type")
+    # None: not given, train_lstm's own default applies (shown here from its signature, so help cannot go stale).
+    tr.add_argument("--epochs", type=int, default=None,
+                    help=f"training epochs (default {lstm_defaults['epochs']}; docs/forecast.md has the schedule)")
+    tr.add_argument("--hidden-size", type=int, default=None,
+                    help=f"LSTM hidden units per type (default {lstm_defaults['hidden_size']})")
     tr.add_argument("--training-data", default="pooled", choices=["pooled", "per-type"],
                     help="pooled (default): every type's LSTM learns from the windows of all types; per-type: "
                          "type j's LSTM sees type j only (OServe as written; generalises worse to later days)")
     tr.add_argument("--seed", type=int, default=0, help="seed for series, typer and training (default 0)")
-    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads, >= 1 (default 1)")
     tr.add_argument("--out", required=True, help="folder to write the predictor to")
 
     ev = fs.add_parser("eval", help="RRMSE per type of the LSTM and the baselines", epilog=EPILOG,
@@ -72,10 +78,43 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the ServeGen series (default 0)")
     ev.add_argument("--refit-typer", action="store_true",
                     help="type the source with k-means fitted on the source itself instead of the saved typer")
-    ev.add_argument("--ewma-alpha", type=float, default=None, help="EWMA smoothing (default: the predictor's)")
-    ev.add_argument("--ma-window", type=int, default=None, help="moving-average window in minutes")
+    ev.add_argument("--ewma-alpha", type=float, default=None,
+                    help=f"EWMA smoothing in (0, 1] (default {_defaults(EWMAPredictor)['alpha']:g})")
+    ev.add_argument("--ma-window", type=int, default=None,
+                    help=f"moving-average window in minutes (default {_defaults(MovingAveragePredictor)['window']})")
     ev.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH ('-' = stdout, quiet)")
     return fc
+
+
+def _defaults(fn: Any) -> dict[str, Any]:
+    """Keyword defaults of a function or class constructor, for help texts that name them."""
+    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _check_at_least(flag: str, value: int | None, least: int, what: str) -> None:
+    """A count flag that, when given (not None), must be an integer >= ``least``; 0 never means "the default"."""
+    if value is not None and value < least:
+        raise ConfigError(f"{flag} must be an integer >= {least} ({what}), got {value}")
+
+
+def _check_train_args(args) -> None:
+    """Ranges of train's flags, checked before any series is built (that takes seconds to minutes)."""
+    _check_at_least("--types", args.types, 1, "request types")
+    _check_at_least("--epochs", args.epochs, 1, "training epochs")
+    _check_at_least("--hidden-size", args.hidden_size, 1, "LSTM hidden units")
+    _check_at_least("--threads", args.threads, 1, "torch CPU threads")
+    _check_at_least("--seed", args.seed, 0, "a numpy seed")
+
+
+def _check_eval_args(args) -> None:
+    """Ranges of eval's flags, checked before the predictor is loaded and the series built."""
+    _check_at_least("--seed", args.seed, 0, "a numpy seed")
+    _check_at_least("--ma-window", args.ma_window, 1, "minutes")
+    if args.rate_scale is not None and not (0 < args.rate_scale < float("inf")):
+        raise ConfigError(f"--rate-scale must be a positive number, got {args.rate_scale:g}")
+    if args.ewma_alpha is not None and not 0 < args.ewma_alpha <= 1:
+        raise ConfigError(f"--ewma-alpha must be in (0, 1], got {args.ewma_alpha}")
 
 
 def _parse_scales(text: str) -> list[float]:
@@ -91,8 +130,9 @@ def _parse_scales(text: str) -> list[float]:
 def _servegen_model(args, days: str, rate_scale: Any) -> str | None:
     """The ServeGen model of ``--source`` (filling --days/--rate-scale defaults), or None for other traces."""
     if args.source.startswith("servegen:"):
-        args.days = args.days or days
-        args.rate_scale = args.rate_scale or rate_scale
+        # "is None", not "or": a given --rate-scale 0 must reach its range check, not become the default.
+        args.days = days if args.days is None else args.days
+        args.rate_scale = rate_scale if args.rate_scale is None else args.rate_scale
         return args.source.split(":", 1)[1]
     for flag, value in (("--days", args.days), ("--rate-scale", args.rate_scale)):
         if value is not None:
@@ -103,12 +143,11 @@ def _servegen_model(args, days: str, rate_scale: Any) -> str | None:
 def _train(args) -> int:
     import numpy as np
 
-    from oserve_rl.forecast.predictors import save_forecaster, train_lstm
+    from oserve_rl.forecast.predictors import save_forecaster
     from oserve_rl.forecast.series import servegen_length_sample, servegen_type_counts, trace_type_counts
     from oserve_rl.workload import RequestTyper, load_trace
 
-    if args.types < 1:
-        raise ConfigError(f"--types must be >= 1, got {args.types}")
+    _check_train_args(args)
     model = _servegen_model(args, "0-6", DEFAULT_TRAIN_SCALES)
     scales = _parse_scales(args.rate_scale) if model else []
     started = time.perf_counter()
@@ -148,20 +187,13 @@ def _train(args) -> int:
 
 def evaluate(args) -> dict[str, Any]:
     """The ``eval`` command's results as a dict (also what ``--json`` writes)."""
-    from oserve_rl.forecast.predictors import (
-        EWMAPredictor,
-        LastValuePredictor,
-        MovingAveragePredictor,
-        load_forecaster,
-        score_predictors,
-    )
+    from oserve_rl.forecast.predictors import LastValuePredictor, load_forecaster, score_predictors
     from oserve_rl.forecast.series import servegen_type_counts, trace_type_counts, type_names
     from oserve_rl.workload import RequestTyper, load_trace
 
+    _check_eval_args(args)
     saved, typer = load_forecaster(args.predictor)
     model = _servegen_model(args, "7-9", DEFAULT_EVAL_SCALE)
-    if model and args.rate_scale <= 0:
-        raise ConfigError(f"--rate-scale must be > 0, got {args.rate_scale:g}")
     if model:
         if args.refit_typer:
             from oserve_rl.forecast.series import servegen_length_sample

@@ -547,7 +547,9 @@ def train_lstm(
             f"{longest} minutes); training needs at least {min_windows} (min_windows), i.e. an observed stretch of "
             f"{history_min + min_windows} minutes or more"
         )
-    if threads:
+    if threads is not None:  # None: torch's default pool; 0 or less is a mistake, not "unset"
+        if int(threads) != threads or threads < 1:
+            raise ConfigError(f"train_lstm: threads must be an integer >= 1 (or None for torch's default), got {threads!r}")
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -47,7 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                  description="Drive a live vLLM cluster with a trained (or heuristic) policy, or "
                                              "compare the simulator's predictions with the live cluster. "
                                              "See docs/live_controller.md.")
-    ls = live.add_subparsers(dest="live_cmd", required=True)
+    ls = live.add_subparsers(dest="live_cmd", metavar="COMMAND", required=True)
     run = ls.add_parser("run", help="decide the live cluster's deployment with a policy every interval",
                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Every interval: scrape the replicas, build Deploy-v0's observation, run the "
@@ -99,9 +102,52 @@ def _live_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# How to make the model folder the CPU configs name (docs/live.md, "Set-up").
+TINY_MODEL_HINT = ("build the tiny test model with `.venv-vllm/bin/python oserve_rl/live/tiny_model.py "
+                   "runs/live/tiny-llama` (docs/live.md), or pass --model DIR naming a Hugging Face model folder")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name: vLLM downloads these itself
+
+
+def _check_replay_speed(args: argparse.Namespace) -> None:
+    """--replay-speed, when given, must be > 0: checked before the config and the policy load (the controller
+    checks it again, after building the simulated world)."""
+    if args.replay_speed is not None and not (math.isfinite(args.replay_speed) and args.replay_speed > 0):
+        raise ConfigError(f"--replay-speed must be a positive number (trace seconds per wall second), "
+                          f"got {args.replay_speed}")
+
+
+def _model_source(args: argparse.Namespace, control: Any) -> str:
+    """Where the live model path came from, for the error message: --model, --live-set or the live YAML."""
+    if args.model:
+        return "--model"
+    if any(item.partition("=")[0].strip() == "model" for item in args.live_set):
+        return "--live-set model=..."
+    live = Path(control.config.live)
+    return f"model: in {live if live.is_absolute() else control.path.parent / live}"
+
+
+def _check_model_folder(args: argparse.Namespace, control: Any) -> None:
+    """The live model must be a folder with config.json before any server starts: otherwise every replica
+    fails in its own log (an OSError from transformers) and the run ends with a misleading policy error.
+    A bare ``org/name`` is left to vLLM (a hub id, on machines that reach a hub) unless ``org`` is a local
+    folder, as ``runs`` in ``runs/tiny``: then it is a path to a folder that is missing."""
+    model = str(control.live.model)
+    folder = Path(os.path.abspath(model))  # relative paths resolve against the current directory, as vLLM's
+    if (not folder.exists() and not args.model and _HUB_ID.fullmatch(model)
+            and not Path(model.split("/")[0]).is_dir()):
+        return
+    source = _model_source(args, control)
+    if not folder.is_dir():
+        raise ConfigError(f"live model folder {folder} ({source}) does not exist; {TINY_MODEL_HINT}")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"live model folder {folder} ({source}) has no config.json, so it is not a Hugging Face "
+                          f"model folder; {TINY_MODEL_HINT}")
+
+
 def _run(args: argparse.Namespace) -> int:
     from oserve_rl.live.controller import load_controller_config, open_controller, parse_slice
 
+    _check_replay_speed(args)
     if args.duration is not None and not args.duration > 0:
         raise ConfigError(f"--duration must be > 0 seconds, got {args.duration}")
     if args.interval is not None and not args.interval > 0:
@@ -109,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.slice and not args.trace:
         raise ConfigError("--slice needs --trace (the slice of which trace to replay)")
     control = load_controller_config(args.cluster, **_live_overrides(args))
+    _check_model_folder(args, control)
     out = Path(args.out or f"runs/live/run-{time.strftime('%Y%m%d-%H%M%S')}")
     with open_controller(args.policy, control, trace=args.trace, slice_s=parse_slice(args.slice),
                          replay_speed=args.replay_speed, interval_wall_s=args.interval, duration_s=args.duration,
@@ -130,7 +177,9 @@ def _compare(args: argparse.Namespace) -> int:
     from oserve_rl.live.compare import parse_switch, run_compare
     from oserve_rl.live.controller import load_controller_config, parse_slice
 
+    _check_replay_speed(args)
     control = load_controller_config(args.cluster, **_live_overrides(args))
+    _check_model_folder(args, control)
     out = Path(args.out or f"runs/live/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     res = run_compare(control, trace=args.trace, deployment=args.deployment,
                       slice_s=parse_slice(args.slice) or (0.0, 120.0), replay_speed=args.replay_speed,

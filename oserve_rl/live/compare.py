@@ -238,7 +238,7 @@ def run_compare(control: ControlConfig, *, trace: str, deployment: str, slice_s:
 
     say = log or (lambda s: None)
     cfg = control.config
-    speed = float(replay_speed or cfg.replay.replay_speed)
+    speed = float(cfg.replay.replay_speed if replay_speed is None else replay_speed)  # 0 is an error, not unset
     if not speed > 0:
         raise ConfigError(f"--replay-speed must be > 0, got {speed}")
     start, end = slice_s

@@ -1054,7 +1054,7 @@ def open_controller(policy: str | Path | PolicyHandle, control: ControlConfig, *
 
     pol = policy if isinstance(policy, PolicyHandle) else load_policy(policy)
     env_cfg, sim_cluster, sim_model, sim_trace = resolve_env_config(pol, control, trace)
-    speed = float(replay_speed or control.config.replay.replay_speed)
+    speed = float(control.config.replay.replay_speed if replay_speed is None else replay_speed)  # 0 is an error
     if not speed > 0:
         raise ConfigError(f"--replay-speed must be > 0, got {speed}")
     sim = control.config.sim

@@ -6,10 +6,15 @@ import time
 
 import numpy as np
 
+from oserve_rl.errors import ConfigError
 from oserve_rl.perf.model import replica_perf
 
 
 def main(n: int = 2_000_000) -> None:
+    """Print vectorised (``n`` points per call) and scalar decode-step estimates per second."""
+    # Before any set-up: numpy fails on n < 0, and n = 0 would time nothing and print "nan".
+    if int(n) != n or n < 1:
+        raise ConfigError(f"perf bench: --n must be an integer >= 1 (points per vectorised call), got {n!r}")
     perf = replica_perf("llama-2-70b", "a100-80gb", tp=2)
     rng = np.random.default_rng(0)
     batch = rng.integers(1, 257, size=n)

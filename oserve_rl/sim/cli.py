@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+
+from oserve_rl.errors import ConfigError
+
+SERVEGEN_TARGET_RPS = 5.0  # --target-rps when not given
+SERVEGEN_DURATION_S = 3600.0  # servegen traces: seconds generated when --duration is not given
+LENGTH_ONLY_REQUESTS = 10_000  # sharegpt / arxiv with --arrival: requests when neither N nor a duration is given
 
 EPILOG = """examples:
   python -m oserve_rl simulate --cluster a100x8 --model llama-2-70b --deployment 4xTP2 --trace azure-conv
@@ -37,7 +44,7 @@ def add_simulate_parser(sub) -> None:
                                                   "running then are reported in flight)")
     p.add_argument("--rate-scale", type=float, help="multiply the arrival rate by X (timestamps divided by X)")
     p.add_argument("--target-rps", type=float, help="servegen traces: scale production rates to this mean rate "
-                                                    "(default 5)")
+                                                    f"(default {SERVEGEN_TARGET_RPS:g})")
     p.add_argument("--router", default="least_work", choices=["least_work", "round_robin"],
                    help="request router (default least_work)")
     p.add_argument("--switch", action="append", default=[], metavar="T:SPEC",
@@ -58,14 +65,51 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--json", metavar="PATH", help="write the summary as JSON to PATH ('-' = stdout, quiet)")
 
 
+def _check_positive(flag: str, value: float | None, unit: str = "", why: str = "") -> None:
+    """A flag that, when given, must be a finite number > 0 (None: not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--{flag} must be a positive number{unit}, got {value}{why}")
+
+
+def _check_args(args) -> None:
+    """Every flag's range, before the trace is built or the deployment planned: one error, no partial run."""
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be an integer >= 0, got {args.seed}")
+    if args.num_requests is not None and args.num_requests < 1:
+        raise ConfigError(f"--num-requests must be >= 1 (omit it for the whole trace), got {args.num_requests}")
+    if args.skip_bad_rows < 0:
+        raise ConfigError(f"--skip-bad-rows must be >= 0 rows, got {args.skip_bad_rows}")
+    _check_positive("duration", args.duration, " of seconds")
+    _check_positive("rate-scale", args.rate_scale)
+    _check_positive("target-rps", args.target_rps, " of requests per second")
+    if args.target_rps is not None and not args.trace.startswith("servegen:"):
+        raise ConfigError(f"--target-rps applies to servegen:MODEL traces only, not to {args.trace!r} "
+                          "(use --rate-scale or --arrival)")
+    # As evaluate's scenarios: a TTFT or TPOT bound of 0 would count every request as missing its SLO.
+    never_met = "; an SLO of 0 or less can never be met"
+    _check_positive("slo-ttft", args.slo_ttft, " of seconds", never_met)
+    _check_positive("slo-tpot", args.slo_tpot, " of seconds per token", never_met)
+
+
+def parse_switch(text: str) -> tuple[float, str]:
+    """``--switch T:SPEC`` -> (T simulated seconds >= 0, SPEC); the same grammar as ``live compare --switch``."""
+    t, sep, spec = str(text).partition(":")
+    try:
+        t_s = float(t)
+    except ValueError:
+        t_s = math.nan
+    if not sep or not spec.strip() or not (math.isfinite(t_s) and t_s >= 0):
+        raise ConfigError(f"--switch {text!r}: expected T:SPEC with T >= 0 simulated seconds, such as 600:2xTP4")
+    return t_s, spec.strip()
+
+
 def _load(args):
-    from oserve_rl.errors import ConfigError
     from oserve_rl.workload import load_trace
 
     opts = {}
     if args.trace.startswith("servegen:"):
-        opts["target_rps"] = args.target_rps or 5.0
-        opts["duration_s"] = args.duration or 3600.0
+        opts["target_rps"] = SERVEGEN_TARGET_RPS if args.target_rps is None else args.target_rps
+        opts["duration_s"] = SERVEGEN_DURATION_S if args.duration is None else args.duration
     elif args.trace in ("sharegpt", "arxiv") and not args.arrival:
         raise ConfigError(f"trace {args.trace!r} has lengths only: add --arrival poisson:QPS")
     else:
@@ -76,24 +120,19 @@ def _load(args):
     if args.arrival:
         opts["arrival"] = args.arrival
         if args.trace in ("sharegpt", "arxiv"):
-            if args.duration:
+            if args.duration is not None:
                 opts["duration_s"] = args.duration
             else:
-                opts["n"] = args.num_requests or 10_000
+                opts["n"] = LENGTH_ONLY_REQUESTS if args.num_requests is None else args.num_requests
     trace = load_trace(args.trace, seed=args.seed, **opts)
     if args.trace.startswith("servegen:"):
         trace = trace.rebase()
-    if args.rate_scale:
-        if args.rate_scale <= 0:
-            raise ConfigError(f"--rate-scale must be > 0, got {args.rate_scale}")
+    # Ranges were checked by _check_args; "is not None" so that no given value is taken for "not given".
+    if args.rate_scale is not None:
         trace = trace.scale_rate(args.rate_scale)
-    if args.num_requests:
-        if args.num_requests <= 0:
-            raise ConfigError(f"--num-requests must be > 0, got {args.num_requests}")
+    if args.num_requests is not None:
         trace = trace.head(args.num_requests)
     if args.duration is not None:
-        if args.duration <= 0:
-            raise ConfigError(f"--duration must be > 0 seconds, got {args.duration}")
         t0 = float(trace.arrival_s[0])
         trace = trace.slice(t0, t0 + args.duration)
         if len(trace) == 0:
@@ -104,15 +143,21 @@ def _load(args):
 def simulate_main(args) -> int:
     from oserve_rl.catalog import get_cluster
     from oserve_rl.cluster import load_switch_costs, parse_deployment
-    from oserve_rl.errors import ConfigError
     from oserve_rl.perf import EngineConfig
     from oserve_rl.sim.simulator import ClusterSimulator
 
+    _check_args(args)
+    switches = [parse_switch(sw) for sw in args.switch]
     quiet = args.json == "-"
     engine = EngineConfig(max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                           gpu_memory_utilization=args.gpu_memory_utilization)
     cluster = get_cluster(args.cluster)
     dep = parse_deployment(args.deployment, cluster, args.model, engine=engine)
+    for t_s, spec in switches:  # the simulator parses them only when it gets there: report bad specs now
+        try:
+            parse_deployment(spec, cluster, args.model, engine=engine, prefer=dep)
+        except ConfigError as e:
+            raise ConfigError(f"--switch {t_s:g}:{spec}: {e}") from None
     trace = _load(args)
     for note in getattr(trace, "notes", ()):
         if not quiet:
@@ -120,14 +165,9 @@ def simulate_main(args) -> int:
     sim = ClusterSimulator(dep, trace, router=args.router, engine=engine, mode=args.mode,
                            switch_costs=load_switch_costs(args.switch_costs), slo_ttft_s=args.slo_ttft,
                            slo_tpot_s=args.slo_tpot, progress=None if not quiet else False)
-    for sw in args.switch:
-        t, _, spec = sw.partition(":")
-        try:
-            t_s = float(t)
-        except ValueError:
-            raise ConfigError(f"--switch {sw!r}: expected T:SPEC such as 600:2xTP4") from None
+    for t_s, spec in switches:
         sim.schedule_switch(t_s, spec)
-    until = float(trace.arrival_s[0]) + args.duration if args.duration else None
+    until = float(trace.arrival_s[0]) + args.duration if args.duration is not None else None
     res = sim.run(until_s=until)
     s = res.summary
     if args.out:
