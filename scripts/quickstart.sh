@@ -4,7 +4,7 @@
 #   2. a short MaskablePPO run on Deploy-v0 (configs/train/quickstart.yaml: Azure conv, Llama-2-70B, 16 H100s),
 #   3. evaluate.py: the trained agent against vllm_static and OServe on the held-out validation window,
 #      printing the table (files and plots in reports/eval/quickstart).
-# About 2 minutes on 2 cores after the install; ~4 minutes on a fresh machine, set-up included (README).
+# About a minute on 2 cores once installed; ~3.5 minutes on a fresh machine, set-up included (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
