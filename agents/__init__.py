@@ -88,7 +88,10 @@ def _user_policy_class(spec: str) -> type[Policy]:
         try:
             module = importlib.import_module(where)
         except ImportError as e:
-            raise ConfigError(f"policy {spec!r}: cannot import {where!r} ({e}); {hint}") from None
+            # "sac:runs/x/model.zip" reads as a module "sac": say what a checkpoint spec is, too.
+            raise ConfigError(f"policy {spec!r}: cannot import {where!r} ({e}); {hint} (a trained checkpoint is "
+                              "KIND:PATH with KIND one of ppo, maskable_ppo, dqn, a2c, rllib: "
+                              "oserve_rl.envs.checkpoints.checkpoint_policy)") from None
     cls = getattr(module, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Policy)):
         found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Policy)
