@@ -135,6 +135,21 @@ def test_process_backend_needs_the_vllm_python(tmp_path):
         ProcessBackend(cfg, tmp_path)
 
 
+def test_process_backend_refuses_a_missing_model_folder_before_spawning(tmp_path):
+    """A replica of a model folder that is not there would die in its own log; the start refuses it first."""
+    from oserve_rl.live.backend import model_folder_problem
+
+    be = _backend(tmp_path / "run")  # model="/m": absolute, missing
+    with pytest.raises(ConfigError, match=r"live model '/m': folder /m does not exist; .*tiny_model.py"):
+        be.start(ReplicaSpec())
+    assert not list((tmp_path / "run").glob("*.log"))  # nothing was spawned
+    (tmp_path / "empty").mkdir()
+    assert "has no config.json" in model_folder_problem(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    assert model_folder_problem(str(tmp_path / "empty")) is None
+    assert model_folder_problem("meta-llama/Llama-3.1-8B") is None  # a hub id: vLLM's to resolve
+
+
 # ----------------------------------------------------------------------------- process groups (real processes)
 def test_terminate_group_sigterm_then_sigkill():
     p = subprocess.Popen(["sleep", "30"], start_new_session=True)

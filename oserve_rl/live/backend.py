@@ -400,6 +400,24 @@ def cpu_binding(spec: ReplicaSpec, available: Sequence[int]) -> str | None:
     return "|".join(",".join(str(c) for c in cores[i * per : (i + 1) * per]) for i in range(ranks))
 
 
+def model_folder_problem(model: str) -> str | None:
+    """What is wrong with ``model`` as a local Hugging Face folder (None: nothing, or a hub id left to vLLM).
+
+    A bare ``org/name`` that is not on disk is a hub id, unless ``org`` is a local folder (``runs/live/x``):
+    then it is a path to a folder that is missing.
+    """
+    path = Path(model)
+    looks_local = path.is_absolute() or model.startswith(".") or Path(model.split("/")[0]).is_dir()
+    if not path.exists() and not looks_local:
+        return None
+    if not path.is_dir():
+        return (f"folder {os.path.abspath(model)} does not exist; build the tiny test model with "
+                "oserve_rl/live/tiny_model.py (docs/live.md) or name a Hugging Face model folder")
+    if not (path / "config.json").is_file():
+        return f"folder {os.path.abspath(model)} has no config.json, so it is not a Hugging Face model folder"
+    return None
+
+
 class ProcessBackend(Backend):
     """Each replica is a local ``vllm.entrypoints.openai.api_server`` process group.
 
@@ -467,6 +485,9 @@ class ProcessBackend(Backend):
     # -- Backend
     def start(self, spec: ReplicaSpec) -> Replica:
         env = self.environment(spec)  # validates the binding before anything is spawned
+        problem = model_folder_problem(self.config.model)
+        if problem is not None:  # otherwise the server dies in its own log with a transformers OSError
+            raise ConfigError(f"live model {self.config.model!r}: {problem}")
         with self._lock:
             port = self._pick_port()
             safe = "".join(c if c.isalnum() else "-" for c in spec.short()).strip("-")
