@@ -70,7 +70,15 @@ def check_compatible(path: str | Path, env_cfg: DeployEnvConfig) -> None:
     run = run_dir_of(Path(path))
     sig_path = next((c / "env_space.json" for c in (run, run.parent, run.parent.parent)
                      if (c / "env_space.json").is_file()), None)
-    saved = json.loads(sig_path.read_text()) if sig_path else saved_env_config(path).space_signature()
+    if sig_path is None:  # rebuilding it from config.yaml would assume today's ENV_VERSION
+        raise CheckpointError(f"no env_space.json beside checkpoint {path}: cannot tell which env version and spaces "
+                              "it was trained on (train.py writes one into every run directory)")
+    try:
+        saved = json.loads(sig_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{sig_path}: not a readable space signature ({e})") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{sig_path}: expected a mapping (env_version, num_types, ...), got {type(saved).__name__}")
     want = env_cfg.space_signature()
     diff = {k: (saved.get(k), want[k]) for k in want if saved.get(k) != want[k]}
     if diff:

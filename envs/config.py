@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -76,25 +77,36 @@ class DeployEnvConfig(BaseModel):
             v = [*v, "action_mask"]  # maskable trainers need it; it is always present
         return v
 
+    @field_validator("episode_s", "interval_s", "decision_delay_s", "slo_ttft_s", "slo_tpot_s")
+    @classmethod
+    def _finite(cls, v: float | None, info: Any) -> float | None:
+        # inf passes pydantic's bounds: an infinite decision delay silently disabled every switch, an infinite
+        # episode overflowed the control loop. The SLOs must be reachable (a bound of 0 is never met).
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number (or null where allowed), got {v!r}")
+        if info.field_name.startswith("slo_") and v is not None and not v > 0:
+            raise ValueError(f"must be > 0 seconds (or null for no SLO); an SLO of 0 or less can never be met, got {v!r}")
+        return v
+
     @field_validator("rate_scale")
     @classmethod
     def _rate(cls, v: Any) -> Any:
         lo, hi = (v, v) if isinstance(v, (int, float)) else v
-        if not (0 < lo <= hi):
+        if not (0 < lo <= hi < math.inf):
             raise ValueError(f"rate_scale must be > 0 (or a [low, high] range with 0 < low <= high), got {v!r}")
         return v
 
     @field_validator("start")
     @classmethod
     def _start(cls, v: Any) -> Any:
-        if v != "random" and not v >= 0:
+        if v != "random" and not 0 <= v < math.inf:
             raise ValueError(f"start must be 'random' or seconds >= 0 into the trace, got {v!r}")
         return v
 
     @field_validator("validation_windows")
     @classmethod
     def _windows(cls, v: list[float]) -> list[float]:
-        bad = [s for s in v if not s >= 0]
+        bad = [s for s in v if not 0 <= s < math.inf]
         if bad:
             raise ValueError(f"window starts must be seconds >= 0 into the trace, got {bad}")
         return v

@@ -42,6 +42,7 @@ Reward (``RewardConfig``): by default ``-(p99 E2E of the interval / p99_ref_s)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -113,6 +114,11 @@ class DeployEnv(gym.Env):
                         slo_ttft_s=c.slo_ttft_s, slo_tpot_s=c.slo_tpot_s, typer_seed=0), seed
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ConfigError(f"reset(seed={seed!r}): the seed must be a whole number >= 0, or None")
+        if options is not None and not isinstance(options, Mapping):
+            raise ConfigError(f"reset(options={options!r}): expected a mapping of reset options "
+                              f"({', '.join(RESET_OPTIONS)})")
         super().reset(seed=seed)
         options = dict(options or {})
         unknown = set(options) - set(RESET_OPTIONS)
@@ -127,9 +133,14 @@ class DeployEnv(gym.Env):
             scen, data_seed = data.scenario, data.seed
         else:
             if "scenario" in options:
-                scen = options["scenario"]
-                scen = scen if isinstance(scen, Scenario) else Scenario(**scen)
-                data_seed = int(options.get("data_seed", 0))
+                scen = _scenario_option(options["scenario"])
+                data_seed = options.get("data_seed", 0)
+                if isinstance(data_seed, bool) or not isinstance(data_seed, (int, np.integer)) or data_seed < 0:
+                    raise ConfigError(f"reset option data_seed={data_seed!r}: must be a whole number >= 0")
+                data_seed = int(data_seed)
+            elif "data_seed" in options:  # a drawn scenario's data seed comes from the reset seed
+                raise ConfigError("reset option data_seed needs a scenario (options={'scenario': ..., 'data_seed': "
+                                  "N}); without one, the reset seed draws the scenario and its data seed")
             else:
                 scen, data_seed = self._draw_scenario()
             data = scen.build(seed=data_seed)
@@ -193,7 +204,9 @@ class DeployEnv(gym.Env):
     def step(self, action: Any):
         if self.loop is None:
             raise ConfigError("step() before reset()")
-        action = int(action)
+        if self.loop.done:
+            raise ConfigError("step() after the episode ended (terminated): call reset()")
+        action = _action_index(action, self.num_actions)
         invalid = not (0 <= action < self.num_actions) or not self._mask[action]
         if invalid:
             if self.cfg.invalid_action == "error":
@@ -335,3 +348,30 @@ def _candidates(cluster: str, model: str, type_lengths: tuple[tuple[float, float
     ranked = sorted(pool.values(), key=lambda d: (-solve_dispatch(table.for_deployment(d), lam_ref).alpha,
                                                  d.spec_string()))
     return ranked[:k]
+
+
+def _action_index(action: Any, num_actions: int) -> int:
+    """An action as an int: integer scalars and one-element integer arrays (what vectorised code hands over).
+    A float is refused rather than truncated (2.7 would silently be candidate 0)."""
+    a = np.asarray(action)
+    if a.size != 1 or a.ndim > 1 or not np.issubdtype(a.dtype, np.integer):
+        raise ConfigError(f"action {action!r}: expected one integer in [0, {num_actions}) (Discrete({num_actions}))")
+    return int(a.reshape(()))
+
+
+def _scenario_option(scen: Any) -> Scenario:
+    """The ``scenario`` reset option: a Scenario or a mapping of its fields (unknown ones named)."""
+    if isinstance(scen, Scenario):
+        return scen
+    if not isinstance(scen, Mapping):
+        raise ConfigError(f"reset option scenario: expected a Scenario or a mapping of its fields, got {scen!r}")
+    import dataclasses
+    import difflib
+
+    fields = [f.name for f in dataclasses.fields(Scenario)]
+    for key in scen:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, 1)
+            raise ConfigError(f"reset option scenario: unknown field {key!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "") + f"; valid: {', '.join(fields)}")
+    return Scenario(**scen)

@@ -59,10 +59,16 @@ class DeployDispatchEnv(DeployEnv):
         if not isinstance(action, dict) or set(action) != {"deployment", "weights"}:
             raise ConfigError("DeployDispatch-v0 takes a dict action {'deployment': int, 'weights': array of "
                               f"{self.J * self.R}}}; got {type(action).__name__}")
-        w = np.asarray(action["weights"], dtype=np.float64).reshape(-1)
-        if w.size != self.J * self.R or not np.all(np.isfinite(w)) or (w < 0).any():
-            raise ConfigError(f"weights must be {self.J * self.R} finite values >= 0 (num_types {self.J} x "
-                              f"max_replicas {self.R}); got shape {np.shape(action['weights'])}")
+        want = f"{self.J * self.R} finite values >= 0 (num_types {self.J} x max_replicas {self.R})"
+        try:
+            w = np.asarray(action["weights"], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ConfigError(f"weights must be {want}; got {action['weights']!r}") from None
+        if w.size != self.J * self.R:
+            raise ConfigError(f"weights must be {want}; got shape {np.shape(action['weights'])}")
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        if bad.size:
+            raise ConfigError(f"weights must be {want}; entry {int(bad[0])} is {w[bad[0]]!r}")
         self._weights = w.reshape(self.J, self.R)
         self._dispatch_info = {}
         try:
@@ -112,6 +118,9 @@ class FlatDispatchAction(gym.ActionWrapper):
 
     def action(self, action: np.ndarray) -> dict[str, Any]:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.size != self.action_space.shape[0]:
+            raise ConfigError(f"FlatDispatchAction: expected {self.action_space.shape[0]} values ({self.n_dep} "
+                              f"deployment scores, then the weights), got shape {np.shape(action)}")
         mask = self.env.unwrapped.action_masks()
         scores = np.where(mask, a[: self.n_dep], -np.inf)
         return {"deployment": int(np.argmax(scores)), "weights": np.clip(a[self.n_dep:], 0.0, 1.0)}

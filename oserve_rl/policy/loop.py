@@ -67,8 +67,8 @@ class ControlLoop:
                  switch_costs: SwitchCosts | None = None, hindsight: bool = False):
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise ConfigError(f"control loop: interval_s must be > 0, got {interval_s!r}")
-        if decision_delay_s is not None and not decision_delay_s >= 0:
-            raise ConfigError(f"control loop: decision_delay_s must be >= 0 or None (measured), got {decision_delay_s!r}")
+        if decision_delay_s is not None and not 0 <= decision_delay_s < math.inf:
+            raise ConfigError(f"control loop: decision_delay_s must be finite seconds >= 0 or None (measured), got {decision_delay_s!r}")
         if not decision_time_scale >= 0:
             raise ConfigError(f"control loop: decision_time_scale must be >= 0, got {decision_time_scale!r}")
         self.data = data
