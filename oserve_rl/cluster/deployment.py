@@ -30,6 +30,7 @@ must stay inside one node (its all-reduce runs every layer over NVLink), unless
 from __future__ import annotations
 
 import itertools
+import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,7 +141,16 @@ class PlacedReplica:
     gpu_ids: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "gpu_ids", tuple(int(g) for g in self.gpu_ids))
+        ids = self.gpu_ids
+        if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable):
+            raise ConfigError(f"replica {self.config.label()}: gpu_ids must be a list of GPU ids, got {ids!r}")
+        ids = tuple(ids)
+        for g in ids:
+            if isinstance(g, bool) or not isinstance(g, numbers.Integral):
+                raise ConfigError(
+                    f"replica {self.config.label()}: gpu_ids must be whole-number GPU ids, got {g!r} in {list(ids)!r}"
+                )
+        object.__setattr__(self, "gpu_ids", tuple(int(g) for g in ids))
         if len(self.gpu_ids) != self.config.num_gpus:
             raise ConfigError(
                 f"replica {self.config.label()} needs {self.config.num_gpus} GPUs, got {len(self.gpu_ids)}: {self.gpu_ids}"
@@ -213,6 +223,11 @@ class Deployment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", get_model(self.model).name)
         object.__setattr__(self, "replicas", tuple(self.replicas))
+        if not self.replicas:
+            raise ConfigError(
+                f"deployment of {self.model} on {getattr(self.cluster, 'name', self.cluster)!r} has no replicas; "
+                "a deployment needs at least one replica (e.g. '1xTP1')"
+            )
 
     # -- views
     def __len__(self) -> int:
@@ -270,7 +285,14 @@ class Deployment:
         """
         cluster = get_cluster(cluster)
         model_name = get_model(model).name
+        if isinstance(groups, (str, bytes, Mapping)) or not isinstance(groups, Iterable):
+            raise ConfigError(f"deployment groups must be a list of (count, tp[, pp[, gpu]]) or ReplicaGroups, got {groups!r}")
         grps = [_as_group(g) for g in groups]
+        if not grps:
+            raise ConfigError(
+                f"deployment of {model_name} on {cluster.name!r}: no replica groups given; "
+                "a deployment needs at least one replica (e.g. '1xTP1')"
+            )
         configs = _assign_gpu_types(grps, cluster, model_name, allow_cross_node_tp)
         engine = engine or (default_engine() if check_memory else None)
         seen: set[ReplicaConfig] = set()
@@ -316,13 +338,19 @@ class Deployment:
         else:
             cluster = get_cluster(c)
         model_name = get_model(data["model"]).name
+        reps = data["replicas"]
+        if isinstance(reps, (str, bytes, Mapping)) or not isinstance(reps, Iterable):
+            raise ConfigError(f"deployment dict: replicas must be a list of replica dicts, got {reps!r}")
+        reps = list(reps)
+        if not reps:
+            raise ConfigError("deployment dict: replicas is empty; a deployment needs at least one replica")
         placed = []
-        for i, r in enumerate(data["replicas"]):
+        for i, r in enumerate(reps):
             if not isinstance(r, Mapping) or set(r) != {"gpu", "tp", "pp", "gpu_ids"}:
                 raise ConfigError(f"deployment dict: replicas[{i}] must have exactly keys gpu, tp, pp, gpu_ids; got {r!r}")
             try:
                 cfg = ReplicaConfig(model_name, r["gpu"], r["tp"], r["pp"])
-                placed.append(PlacedReplica(cfg, tuple(r["gpu_ids"])))
+                placed.append(PlacedReplica(cfg, r["gpu_ids"]))
             except ConfigError as e:
                 raise ConfigError(f"deployment dict: replicas[{i}]: {e}") from None
         dep = cls(model_name, cluster, tuple(placed), bool(data.get("allow_cross_node_tp", False)))
@@ -459,6 +487,16 @@ def place_replicas(
     prefer: Deployment | None = None,
 ) -> list[PlacedReplica]:
     """Place replicas (result in input order); see the module doc for the rule."""
+    cluster = get_cluster(cluster)
+    have = cluster.gpus_by_type()
+    for i, cfg in enumerate(configs):
+        if not isinstance(cfg, ReplicaConfig):
+            raise ConfigError(f"place_replicas: configs[{i}] must be a ReplicaConfig, got {cfg!r}")
+        if cfg.gpu not in have:
+            raise ConfigError(
+                f"place_replicas: replica {i} ({cfg.label()}) needs {cfg.gpu} GPUs but cluster {cluster.name!r} has none "
+                "(it has: " + ", ".join(f"{n} {t}" for t, n in have.items()) + ")"
+            )
     nodes = cluster_nodes(cluster)
     free: list[list[int]] = [list(n.gpu_ids) for n in nodes]
     out: list[PlacedReplica | None] = [None] * len(configs)
@@ -627,12 +665,13 @@ def enumerate_deployments(
     cluster, model_name = get_cluster(cluster), get_model(model).name
     cfgs = list(configs) if configs is not None else enumerate_replica_configs(model_name, cluster, engine)
     have = cluster.gpus_by_type()
+    if max_gpus is not None and (isinstance(max_gpus, bool) or not isinstance(max_gpus, numbers.Integral)
+                                 or max_gpus < 1):
+        raise ConfigError(f"enumerate_deployments: max_gpus must be a whole number >= 1 or None, got {max_gpus!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise ConfigError(f"enumerate_deployments: limit must be a whole number >= 1 or None (no limit), got {limit!r}")
     budget = cluster.num_gpus if max_gpus is None else int(max_gpus)
-    if budget < 1:
-        raise ConfigError(f"max_gpus must be >= 1, got {max_gpus!r}")
     out: list[Deployment] = []
-    if limit is not None and limit <= 0:
-        return out
 
     def build(chosen: Sequence[ReplicaConfig]) -> Deployment | None:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,15 @@ class _NotReady:
 
 
 _NOT_READY = _NotReady()
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_slo(name: str, value: object) -> None:
+    if value is not None and not (_is_real(value) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"simulate: {name} must be a finite number of seconds > 0, or None for no SLO; got {value!r}")
 
 # plan_switch is a pure function of (old, new, costs) and costs milliseconds on 32 GPUs; an agent
 # trying deployments revisits the same pairs often (half of them within 8 episodes of random actions).
@@ -112,6 +122,10 @@ class ClusterSimulator:
                  engine: EngineConfig | None = None, mode: str = "fast", switch_costs: SwitchCosts | None = None,
                  request_types: np.ndarray | None = None, slo_ttft_s: float | None = 2.0,
                  slo_tpot_s: float | None = 0.1, progress: bool | None = None):
+        _check_slo("slo_ttft_s", slo_ttft_s)
+        _check_slo("slo_tpot_s", slo_tpot_s)
+        if not isinstance(deployment, Deployment):
+            raise ConfigError(f"simulate: deployment must be a Deployment (see parse_deployment), got {deployment!r}")
         self.rec = trace if isinstance(trace, RequestRecorder) else RequestRecorder.from_trace(trace)
         if self.rec.n == 0:
             raise ConfigError("simulate: the trace has no requests")
@@ -176,11 +190,26 @@ class ClusterSimulator:
         ``router``, if given, replaces the router at the same instant (its
         weights are for the new deployment's replica order).
         """
-        self._push(float(at_s), "switch", (new, router))
+        at_s = self._check_time("schedule_switch", "at_s", at_s)
+        if not isinstance(new, (Deployment, str)):
+            raise ConfigError(f"schedule_switch: new must be a Deployment or a spec string such as '2xTP4', got {new!r}")
+        self._push(at_s, "switch", (new, router))
 
     def schedule_router(self, at_s: float, router: Router) -> None:
         """Replace the router at ``at_s`` (e.g. new dispatch weights for the same deployment)."""
-        self._push(float(at_s), "router", router)
+        self._push(self._check_time("schedule_router", "at_s", at_s), "router", router)
+
+    def _check_time(self, where: str, name: str, t_s: object) -> float:
+        """``t_s`` as a float: a finite time >= 0 and not before the simulator's clock (it cannot act in the past)."""
+        if not (_is_real(t_s) and math.isfinite(t_s)):
+            raise ConfigError(f"{where}: {name} must be a finite number of seconds, got {t_s!r}")
+        t = float(t_s)
+        if t < 0 or t < self.now_s:
+            raise ConfigError(
+                f"{where}: {name} = {t:g} is in the past; it must be >= 0 and >= the simulator's current time "
+                f"{self.now_s:g} s"
+            )
+        return t
 
     def set_router(self, router: Router) -> None:
         router.reset()
@@ -353,6 +382,8 @@ class ClusterSimulator:
 
     def run(self, until_s: float | None = None) -> SimResult:
         """Run to ``until_s`` (requests still going then stay in flight) or until every request ends."""
+        if until_s is not None:
+            until_s = self._check_time("run", "until_s", until_s)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         if until_s is None:
             end = self.finish()

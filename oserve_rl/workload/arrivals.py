@@ -7,6 +7,7 @@ either a fixed number of them (``n``) or all of them in ``[0, duration_s)``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,16 +26,40 @@ class ArrivalProcess(Protocol):
     def describe(self) -> str: ...
 
 
+# More arrivals than this would not fit in memory as a trace; refuse up front instead of failing deep in numpy.
+MAX_ARRIVALS = 10**9
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_n_or_duration(n: int | None, duration_s: float | None) -> None:
     if (n is None) == (duration_s is None):
         raise ConfigError("arrival process: give exactly one of n (requests) or duration_s")
-    if n is not None and n < 0:
-        raise ConfigError(f"arrival process: n must be >= 0, got {n}")
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise ConfigError(f"arrival process: duration_s must be a positive number, got {duration_s}")
+    if n is not None:
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool):
+            raise ConfigError(f"arrival process: n (requests) must be a whole number (int) >= 0, got {n!r}")
+        if n < 0:
+            raise ConfigError(f"arrival process: n must be >= 0, got {n}")
+        if n > MAX_ARRIVALS:
+            raise ConfigError(f"arrival process: n = {n} requests is more than the {MAX_ARRIVALS:.0e} supported")
+    if duration_s is not None and not (_is_real(duration_s) and math.isfinite(duration_s) and duration_s > 0):
+        raise ConfigError(f"arrival process: duration_s must be a positive number, got {duration_s!r}")
+
+
+def _check_expected(process: str, rate: float, duration_s: float) -> None:
+    expected = rate * duration_s
+    if not expected <= MAX_ARRIVALS:
+        raise ConfigError(
+            f"{process}: rate {rate:g}/s over duration_s={duration_s:g} expects {expected:.3g} arrivals, more than "
+            f"the {MAX_ARRIVALS:.0e} supported; lower the rate or the duration"
+        )
 
 
 def _positive(name: str, value: float) -> float:
+    if not _is_real(value):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
     value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
@@ -97,6 +122,7 @@ class Poisson:
         _check_n_or_duration(n, duration_s)
         if n is not None:
             return np.cumsum(rng.exponential(1.0 / self.qps, size=n))
+        _check_expected(self.describe(), self.qps, duration_s)
         count = rng.poisson(self.qps * duration_s)
         return np.sort(rng.uniform(0.0, duration_s, size=count))
 
@@ -124,6 +150,7 @@ class GammaArrivals:
             if n == 0:
                 return np.empty(0)
             return first + np.concatenate(([0.0], np.cumsum(rng.gamma(shape, scale, size=n - 1))))
+        _check_expected(self.describe(), self.qps, duration_s)
         _, times = gamma_renewal_times(rng, np.array([self.qps]), np.array([self.cv]), duration_s)
         return times
 
@@ -146,8 +173,10 @@ class Diurnal:
     def __post_init__(self) -> None:
         _positive("diurnal qps", self.qps)
         _positive("diurnal period_s", self.period_s)
-        if not 0.0 <= self.amplitude <= 1.0:
+        if not (_is_real(self.amplitude) and 0.0 <= self.amplitude <= 1.0):
             raise ConfigError(f"diurnal amplitude must be in [0, 1] (rate stays >= 0), got {self.amplitude!r}")
+        if not (_is_real(self.phase_s) and math.isfinite(self.phase_s)):
+            raise ConfigError(f"diurnal phase_s must be a finite number of seconds, got {self.phase_s!r}")
 
     def rate_at(self, t_s: np.ndarray) -> np.ndarray:
         return self.qps * (1.0 + self.amplitude * np.sin(2.0 * np.pi * (np.asarray(t_s) + self.phase_s) / self.period_s))
@@ -160,6 +189,7 @@ class Diurnal:
     def sample(self, rng: np.random.Generator, *, n: int | None = None, duration_s: float | None = None) -> np.ndarray:
         _check_n_or_duration(n, duration_s)
         if duration_s is not None:
+            _check_expected(self.describe(), self.qps * (1.0 + self.amplitude), duration_s)
             return self._over(rng, duration_s)
         # Extend the horizon in whole chunks until n arrivals exist; chunks are
         # independent Poisson pieces, so the union is still the same process.

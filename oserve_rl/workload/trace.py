@@ -8,6 +8,8 @@ rescaled, arrivals replaced) travels with it into results.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,6 +26,49 @@ if TYPE_CHECKING:
 # reused so that composition statistics are comparable across traces.
 LONG_INPUT_TOKENS = 1073
 LONG_OUTPUT_TOKENS = 208
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_whole(value: object) -> bool:
+    """An int (or numpy integer), or a float holding a whole number; never a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+
+
+def _token_array(name: str, field_name: str, values: object) -> np.ndarray:
+    """``values`` as int64, refusing fractions, NaN/inf and non-numbers instead of truncating them."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu":
+        return np.ascontiguousarray(arr, dtype=np.int64)
+    if arr.dtype.kind != "f":
+        raise TraceError(f"trace {name!r}: {field_name} must hold whole numbers of tokens, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr) | (arr != np.floor(arr)) if arr.size else np.zeros(arr.shape, dtype=bool)
+    if bad.any():
+        i = np.flatnonzero(bad.ravel())[0]
+        raise TraceError(
+            f"trace {name!r}: {field_name} must hold whole numbers of tokens; {field_name}[{i}] is {float(arr.ravel()[i])!r}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _hash_array(name: str, i: int, values: object) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype == np.uint64:
+        return arr
+    if arr.size and arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr) & (arr == np.floor(arr))):
+            raise TraceError(f"trace {name!r}: prefix_hashes[{i}] must hold whole-number hashes, got {values!r}")
+    elif arr.size and arr.dtype.kind not in "iu":
+        raise TraceError(f"trace {name!r}: prefix_hashes[{i}] must hold whole-number hashes, got dtype {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise TraceError(f"trace {name!r}: prefix_hashes[{i}] holds a negative hash; hashes are uint64 (>= 0)")
+    return np.asarray(arr, dtype=np.uint64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,8 +93,8 @@ class Trace:
 
     def __post_init__(self) -> None:
         arrival = np.ascontiguousarray(self.arrival_s, dtype=np.float64)
-        inp = np.ascontiguousarray(self.input_tokens, dtype=np.int64)
-        out = np.ascontiguousarray(self.output_tokens, dtype=np.int64)
+        inp = _token_array(self.name, "input_tokens", self.input_tokens)
+        out = _token_array(self.name, "output_tokens", self.output_tokens)
         n = len(arrival)
         if arrival.ndim != 1 or len(inp) != n or len(out) != n:
             raise TraceError(
@@ -72,9 +117,12 @@ class Trace:
         if self.prefix_hashes is not None:
             if len(self.prefix_hashes) != n:
                 raise TraceError(f"trace {self.name!r}: prefix_hashes has {len(self.prefix_hashes)} entries for {n} requests")
-            if not self.prefix_block_tokens or self.prefix_block_tokens <= 0:
-                raise TraceError(f"trace {self.name!r}: prefix_hashes given without a positive prefix_block_tokens")
-            hashes = [np.asarray(h, dtype=np.uint64) for h in self.prefix_hashes]
+            if not (_is_whole(self.prefix_block_tokens) and self.prefix_block_tokens > 0):
+                raise TraceError(
+                    f"trace {self.name!r}: prefix_hashes given without a positive whole-number prefix_block_tokens "
+                    f"(got {self.prefix_block_tokens!r})"
+                )
+            hashes = [_hash_array(self.name, i, h) for i, h in enumerate(self.prefix_hashes)]
             object.__setattr__(self, "prefix_hashes", hashes)
 
     # ------------------------------------------------------------------ basics
@@ -120,8 +168,8 @@ class Trace:
     # -------------------------------------------------------- transformations
     def head(self, n: int) -> Trace:
         """The first ``n`` requests (all of them if the trace is shorter)."""
-        if n < 0:
-            raise ConfigError(f"head(n): n must be >= 0, got {n}")
+        if not (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0):
+            raise ConfigError(f"head(n): n must be a whole number of requests >= 0, got {n!r}")
         return self._take(slice(0, n), f"head({n})")
 
     def fitting(self, max_tokens: int) -> Trace:
@@ -138,6 +186,11 @@ class Trace:
         Times stay absolute (so window boundaries of the original trace still
         line up) unless ``rebase=True``, which subtracts ``start_s``.
         """
+        for arg, v in (("start_s", start_s), ("end_s", end_s)):
+            if not (_is_real(v) and not math.isnan(v)):
+                raise ConfigError(f"slice: {arg} must be a number of seconds, got {v!r}")
+        if not math.isfinite(start_s):
+            raise ConfigError(f"slice: start_s must be finite, got {start_s!r}")
         if not end_s > start_s:
             raise ConfigError(f"slice: end_s ({end_s}) must be greater than start_s ({start_s})")
         lo, hi = np.searchsorted(self.arrival_s, [start_s, end_s], side="left")
@@ -148,13 +201,15 @@ class Trace:
         """Shift times so that ``origin_s`` (default: the first arrival) becomes 0."""
         if origin_s is None:
             origin_s = float(self.arrival_s[0]) if len(self) else 0.0
+        elif not (_is_real(origin_s) and math.isfinite(origin_s)):
+            raise ConfigError(f"rebase: origin_s must be a finite number of seconds or None, got {origin_s!r}")
         if len(self) and self.arrival_s[0] < origin_s:
             raise ConfigError(f"rebase: origin_s {origin_s:g} is after the first arrival {self.arrival_s[0]:g}")
         return self._replace(f"rebase({origin_s:g})", arrival_s=self.arrival_s - origin_s)
 
     def scale_rate(self, factor: float) -> Trace:
         """Compress time by ``factor``: factor > 1 means more load (arrival_s / factor)."""
-        if not (np.isfinite(factor) and factor > 0):
+        if not (_is_real(factor) and np.isfinite(factor) and factor > 0):
             raise ConfigError(f"scale_rate: factor must be a positive number, got {factor!r}")
         return self._replace(f"scale_rate({factor:g})", arrival_s=self.arrival_s / factor)
 
@@ -168,9 +223,9 @@ class Trace:
         other than the original are shifted by uniform jitter in
         ``[-jitter_s, jitter_s]`` so they do not arrive in lockstep. Seeded.
         """
-        if not (np.isfinite(factor) and factor > 0):
+        if not (_is_real(factor) and np.isfinite(factor) and factor > 0):
             raise ConfigError(f"scale_load: factor must be a positive number, got {factor!r}")
-        if not (np.isfinite(jitter_s) and jitter_s >= 0):
+        if not (_is_real(jitter_s) and np.isfinite(jitter_s) and jitter_s >= 0):
             raise ConfigError(f"scale_load: jitter_s must be >= 0, got {jitter_s!r}")
         if factor == 1.0 or len(self) == 0:
             return self
@@ -195,6 +250,15 @@ class Trace:
         for that long: requests are truncated if fewer are needed, and reused
         cyclically (in order, recorded in ``notes``) if more are needed.
         """
+        if isinstance(process, str):
+            from oserve_rl.workload.arrivals import parse_arrival
+
+            process = parse_arrival(process)
+        elif not (callable(getattr(process, "sample", None)) and callable(getattr(process, "describe", None))):
+            raise ConfigError(
+                "with_arrivals: process must be an arrival process (Poisson, GammaArrivals, Diurnal) or a spec "
+                f"string such as 'poisson:3', got {process!r}"
+            )
         if len(self) == 0:
             raise TraceError(f"trace {self.name!r} is empty; nothing to re-time")
         rng = np.random.default_rng(seed)
@@ -233,8 +297,8 @@ class Trace:
         requests above the thresholds; defaults are ServeGen's). Empty windows
         between the first and last arrival are kept with count 0 and NaN stats.
         """
-        if not window_s > 0:
-            raise ConfigError(f"window_stats: window_s must be > 0, got {window_s}")
+        if not (_is_real(window_s) and math.isfinite(window_s) and window_s > 0):
+            raise ConfigError(f"window_stats: window_s must be a finite number of seconds > 0, got {window_s!r}")
         columns = [
             "window_start_s", "count", "rate_rps", "input_mean", "input_p50", "input_p99",
             "output_mean", "output_p50", "output_p99", "share_long_input", "share_long_output",
