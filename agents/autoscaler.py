@@ -34,6 +34,20 @@ class ThresholdAutoscaler(Policy):
     def __init__(self, config: str | None = None, queue_high: float = 4.0, queue_low: float = 0.5,
                  kv_high: float = 0.85, kv_low: float = 0.4, up_cooldown_s: float = 60.0,
                  down_cooldown_s: float = 300.0, step: int = 1, min_replicas: int = 1, initial_fraction: float = 1.0):
+        from oserve_rl.agents import check_number
+
+        where = self.name
+        if config is not None and not isinstance(config, str):
+            raise ConfigError(f"{where}: config must be a replica config label string (or None for the "
+                              f"default), got {config!r}")
+        for pname, value in (("kv_low", kv_low), ("kv_high", kv_high)):
+            check_number(where, pname, value, low=0, high=1)
+        for pname, value in (("queue_low", queue_low), ("queue_high", queue_high), ("up_cooldown_s", up_cooldown_s),
+                             ("down_cooldown_s", down_cooldown_s)):
+            check_number(where, pname, value, low=0)
+        check_number(where, "step", step, low=1, integer=True)
+        check_number(where, "min_replicas", min_replicas, low=1, integer=True)
+        check_number(where, "initial_fraction", initial_fraction, low=0, low_open=True, high=1)
         if not (0 <= kv_low < kv_high <= 1):
             raise ConfigError(f"threshold_autoscaler: need 0 <= kv_low < kv_high <= 1, got {kv_low}, {kv_high}")
         if not (0 <= queue_low < queue_high):

@@ -145,6 +145,9 @@ class OServe(Policy):
                  latency_aware: bool = True, headroom: float = 1.2, peak_window_min: int = 10,
                  latency_switch_max_util: float = 0.5, dispatch: str = "partition", spill: float = 0.05,
                  plan_load: str = "capacity", dispatch_load: str = "current"):
+        from oserve_rl.agents import check_number
+
+        where = self.name
         if dispatch_load not in DISPATCH_LOADS:
             raise ConfigError(f"{self.name}: dispatch_load must be one of {', '.join(DISPATCH_LOADS)}, "
                               f"got {dispatch_load!r}")
@@ -152,29 +155,29 @@ class OServe(Policy):
         if plan_load not in PLAN_LOADS:
             raise ConfigError(f"{self.name}: plan_load must be one of {', '.join(PLAN_LOADS)}, got {plan_load!r}")
         self.plan_load = plan_load
-        if not 0 <= spill <= 1:
-            raise ConfigError(f"{self.name}: spill must be in [0, 1], got {spill!r}")
+        check_number(where, "spill", spill, low=0, high=1)
         self.spill = float(spill)
         if dispatch not in DISPATCHES:
             raise ConfigError(f"{self.name}: dispatch must be one of {', '.join(DISPATCHES)}, got {dispatch!r}")
         self.dispatch = dispatch
-        if not 0 < latency_switch_max_util <= 1:
-            raise ConfigError(f"{self.name}: latency_switch_max_util must be in (0, 1], got {latency_switch_max_util!r}")
+        check_number(where, "latency_switch_max_util", latency_switch_max_util, low=0, low_open=True, high=1)
         self.latency_switch_max_util = float(latency_switch_max_util)
-        if int(peak_window_min) != peak_window_min or peak_window_min < 0:
-            raise ConfigError(f"{self.name}: peak_window_min must be an integer >= 0, got {peak_window_min!r}")
+        check_number(where, "peak_window_min", peak_window_min, low=0, integer=True)
         self.peak_window_min = int(peak_window_min)
-        if not headroom >= 1.0:
-            raise ConfigError(f"{self.name}: headroom must be >= 1 (a load-scale target), got {headroom!r}")
+        check_number(where, "headroom", headroom, low=1)  # a load-scale target
+        if not isinstance(latency_aware, (bool, np.bool_)):
+            raise ConfigError(f"{self.name}: latency_aware must be True or False, got {latency_aware!r}")
         self.latency_aware, self.headroom = bool(latency_aware), float(headroom)
-        if not hysteresis >= 0:
-            raise ConfigError(f"{self.name}: hysteresis must be >= 0, got {hysteresis!r}")
-        if not amortise_s > 0:
-            raise ConfigError(f"{self.name}: amortise_s must be > 0, got {amortise_s!r}")
-        if int(patience) != patience or patience < 1:
-            raise ConfigError(f"{self.name}: patience must be an integer >= 1, got {patience!r}")
-        if not (tpot_bound is None or tpot_bound == "slo" or (isinstance(tpot_bound, (int, float)) and tpot_bound > 0)):
-            raise ConfigError(f"{self.name}: tpot_bound must be 'slo', a number of seconds > 0, or null; got {tpot_bound!r}")
+        check_number(where, "hysteresis", hysteresis, low=0)
+        check_number(where, "amortise_s", amortise_s, low=0, low_open=True)
+        check_number(where, "patience", patience, low=1, integer=True)
+        if not (tpot_bound is None or (isinstance(tpot_bound, str) and tpot_bound == "slo")
+                or (isinstance(tpot_bound, (int, float, np.integer, np.floating))
+                    and not isinstance(tpot_bound, (bool, np.bool_)) and math.isfinite(tpot_bound) and tpot_bound > 0)):
+            raise ConfigError(f"{self.name}: tpot_bound must be 'slo', a finite number of seconds > 0, or null; "
+                              f"got {tpot_bound!r}")
+        check_number(where, "min_switch_interval_s", min_switch_interval_s, low=0)
+        check_number(where, "seed", seed, low=0, integer=True)
         self.hysteresis, self.amortise_s, self.patience = float(hysteresis), float(amortise_s), int(patience)
         self.tpot_bound, self.min_switch_interval_s, self.seed = tpot_bound, float(min_switch_interval_s), int(seed)
 

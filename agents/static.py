@@ -59,6 +59,12 @@ class VLLMStatic(Policy):
     def __init__(self, router: str = "least_work", deployment: str | None = None, sweep_s: float | None = None):
         if router not in ROUTERS:
             raise ConfigError(f"vllm_static: router must be one of {', '.join(ROUTERS)}, got {router!r}")
+        from oserve_rl.agents import check_number
+
+        if deployment is not None and not isinstance(deployment, str):
+            raise ConfigError(f"{self.name}: deployment must be a deployment spec string such as '2xTP4+8xTP1' "
+                              f"(or None to sweep), got {deployment!r}")
+        check_number(self.name, "sweep_s", sweep_s, low=0, low_open=True, none_ok=True)
         self.router = router
         self.fixed = deployment
         self.sweep_s = sweep_s

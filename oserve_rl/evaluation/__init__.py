@@ -285,8 +285,29 @@ def evaluate(scenario: Scenario, policies: Sequence[str | tuple[str, PolicyFacto
     """
     from oserve_rl.agents import make_policy
 
+    if not isinstance(scenario, Scenario):
+        raise ConfigError(f"evaluate: scenario must be a Scenario (oserve_rl.policy.Scenario(cluster, model, trace, "
+                          f"...)), got {type(scenario).__name__} {scenario!r:.80}")
+    if isinstance(policies, (str, bytes)) or not isinstance(policies, Sequence):
+        raise ConfigError(f"evaluate: policies must be a list of policy names or (label, factory) pairs, e.g. "
+                          f"['vllm_static', 'oserve'], got {policies!r:.80}")
     if not policies:
         raise ConfigError("evaluate: no policies given")
+    for p in policies:
+        if isinstance(p, str):
+            continue
+        if not (isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and callable(p[1])):
+            raise ConfigError(f"evaluate: each entry of policies must be a policy name or a (label, factory) pair "
+                              f"with a str label and a callable factory returning a Policy, got {p!r:.80}")
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise ConfigError(f"evaluate: seeds must be a sequence of whole numbers >= 0, e.g. [0], got {seeds!r:.80}")
+    if isinstance(forecaster, str):  # a predictor name or a trained folder, as evaluate.py's --predictor takes
+        from oserve_rl.policy.forecasting import load_forecaster
+
+        forecaster = load_forecaster(forecaster)
+    if forecaster is not None and not callable(getattr(forecaster, "predict", None)):
+        raise ConfigError(f"evaluate: forecaster must be a predictor name (e.g. 'ewma'), a trained predictor folder, "
+                          f"an object with predict(history), or None; got {forecaster!r:.80}")
     check_run_options(seeds, interval_s=interval_s, decision_time_scale=decision_time_scale,
                       decision_delay_s=decision_delay_s, mode=mode, jobs=jobs)
     params = {} if policy_params is None else policy_params
@@ -334,6 +355,9 @@ def _run_one(factory: PolicyFactory, episode: Any, run_kw: dict[str, Any], bar: 
              ) -> tuple[EpisodeResult, dict[str, Any]]:
     """One policy on one episode: (its result, ``policy.describe()``)."""
     policy = factory()
+    if not (isinstance(policy, Policy) or hasattr(policy, "run_episode")):
+        raise ConfigError(f"evaluate: a policy factory must return a Policy (oserve_rl.policy.Policy), "
+                          f"{getattr(factory, '__name__', factory)!r} returned {type(policy).__name__} {policy!r:.80}")
     if hasattr(policy, "run_episode"):  # a trained agent: it acts through the env on this same episode
         res = policy.run_episode(episode)
         if bar is not None:

@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from oserve_rl.errors import CheckpointError
+from oserve_rl.errors import CheckpointError, ConfigError
 
 FORMAT = "oserve-rl-policy"
 FORMAT_VERSION = 1
 POLICY_FILE = "policy.json"
+MASK_KEY = "action_mask"
 ONNX_FILE = "policy.onnx"
 
 
@@ -122,6 +123,9 @@ class ExportedPolicy:
     def action_meaning(self, action: int) -> str:
         """``"name: meaning"`` of an action index, from the action table."""
         self._need_network("action_meaning")
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+            raise ConfigError(f"action_meaning: action must be an integer index 0..{self.num_actions - 1}, "
+                              f"got {action!r}")
         table = self.spec["actions"]["table"]
         if not 0 <= int(action) < len(table):
             raise CheckpointError(f"action {action} outside 0..{len(table) - 1}")
@@ -168,10 +172,14 @@ class ExportedPolicy:
                 raise CheckpointError(f"observation {key!r}: not a float array ({e}); expected shape {shown}") from None
             if x.shape != want:
                 raise CheckpointError(f"observation {key!r} has shape {x.shape}, expected {shown} "
-                                      f"(policy {self.path}: exported for {self.spec['env']['space_signature']})")
+                                      f"(policy {self.path}: exported for "
+                                  f"{(self.spec.get('env') or {}).get('space_signature')})")
             if not np.isfinite(x).all():
                 raise CheckpointError(f"observation {key!r} has non-finite values (NaN or inf): "
                                       "Deploy-v0 observations are always finite")
+            if key == MASK_KEY and not ((x == 0) | (x == 1)).all():
+                raise CheckpointError(f"observation {key!r} must hold only 0 (masked) and 1 (allowed), got "
+                                      f"{sorted(set(x[(x != 0) & (x != 1)].tolist()))[:5]}")
             feed[key] = x[None] if batch is None else x
         return feed
 
@@ -184,6 +192,13 @@ def load_exported(path: str | Path, *, env_version: int | None = None, threads: 
     the JSON is a ``CheckpointError``. ``threads``: onnxruntime intra-op
     threads (one decision is a small MLP: more threads only add overhead).
     """
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ConfigError(f"load_exported: threads must be a whole number >= 1 (onnxruntime intra-op threads), "
+                          f"got {threads!r}")
+    if env_version is not None and (isinstance(env_version, (bool, np.bool_))
+                                    or not isinstance(env_version, (int, np.integer))):
+        raise ConfigError(f"load_exported: env_version must be a whole number (a Deploy-v0 version) or None, "
+                          f"got {env_version!r}")
     p = Path(path)
     json_path = p / POLICY_FILE if p.is_dir() else p
     if not json_path.is_file():
@@ -197,8 +212,8 @@ def load_exported(path: str | Path, *, env_version: int | None = None, threads: 
         raise CheckpointError(f"{json_path}: not an oserve-rl exported policy (format {spec.get('format') if isinstance(spec, dict) else None!r}, "
                               f"expected {FORMAT!r})")
     fv = spec.get("format_version")
-    if not isinstance(fv, int) or fv > FORMAT_VERSION:
-        raise CheckpointError(f"{json_path}: format_version {fv!r}; this oserve-rl reads versions <= {FORMAT_VERSION} "
+    if isinstance(fv, bool) or not isinstance(fv, int) or not 1 <= fv <= FORMAT_VERSION:
+        raise CheckpointError(f"{json_path}: format_version {fv!r}; this oserve-rl reads versions 1..{FORMAT_VERSION} "
                               "(upgrade oserve-rl or re-export)")
     want = installed_env_version() if env_version is None else int(env_version)
     have = spec.get("env_version")
@@ -216,7 +231,55 @@ def load_exported(path: str | Path, *, env_version: int | None = None, threads: 
         return ExportedPolicy(json_path.parent, spec)
     if kind != "onnx":
         raise CheckpointError(f"{json_path}: unknown kind {kind!r} (valid: 'onnx', 'heuristic')")
+    _check_network_spec(json_path, spec)
     return ExportedPolicy(json_path.parent, spec, _session(json_path, spec, threads))
+
+
+def _whole_number(v: Any, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _check_network_spec(json_path: Path, spec: dict[str, Any]) -> None:
+    """The fields a network export is read by, each present and of the right type (a hand-edited or truncated
+    policy.json otherwise fails with a bare KeyError or TypeError deep inside)."""
+    def bad(field: str, what: str, got: Any = None) -> CheckpointError:
+        shown = "missing" if got is _MISSING else f"got {got!r:.80}"
+        return CheckpointError(f"{json_path}: {field} must be {what} ({shown}); re-export the policy")
+
+    for block in ("onnx", "observation", "actions", "policy", "provenance"):
+        if not isinstance(spec.get(block, _MISSING), dict):
+            raise bad(block, "an object", spec.get(block, _MISSING))
+    onnx = spec["onnx"]
+    for field in ("file", "sha256"):
+        if not isinstance(onnx.get(field, _MISSING), str) or not onnx.get(field):
+            raise bad(f"onnx.{field}", "a non-empty string", onnx.get(field, _MISSING))
+    if "algo" not in spec["policy"]:
+        raise bad("policy.algo", "the training algorithm's name", _MISSING)
+    keys = spec["observation"].get("keys", _MISSING)
+    if not isinstance(keys, list) or not keys:
+        raise bad("observation.keys", "a non-empty list of {key, shape} entries", keys)
+    for i, e in enumerate(keys):
+        if not isinstance(e, dict) or not isinstance(e.get("key"), str):
+            raise bad(f"observation.keys[{i}]", "an object with a string 'key'", e)
+        shape = e.get("shape", _MISSING)
+        if not isinstance(shape, list) or not shape or not all(_whole_number(d) for d in shape):
+            raise bad(f"observation.keys[{i}].shape ({e['key']!r})", "a non-empty list of whole numbers >= 1", shape)
+    actions = spec["actions"]
+    n = actions.get("n", _MISSING)
+    if not _whole_number(n):
+        raise bad("actions.n", "a whole number >= 1", n)
+    table = actions.get("table", _MISSING)
+    if (not isinstance(table, list) or len(table) != n
+            or not all(isinstance(r, dict) and "name" in r and "meaning" in r for r in table)):
+        raise bad("actions.table", f"a list of actions.n = {n} objects with 'name' and 'meaning'",
+                  table if not isinstance(table, list) else f"{len(table)} entries")
+
+
+_MISSING = type("_Missing", (), {"__repr__": lambda self: "missing"})()
+
+
+def _dims(shape: Any) -> list[Any]:
+    return list(shape) if isinstance(shape, (list, tuple)) else []
 
 
 def _session(json_path: Path, spec: dict[str, Any], threads: int):
@@ -230,7 +293,7 @@ def _session(json_path: Path, spec: dict[str, Any], threads: int):
         raise CheckpointError(f"{onnx_path} is not the graph {json_path.name} describes (sha256 {digest[:12]}..., "
                               f"expected {str(spec['onnx'].get('sha256'))[:12]}...): re-export both together")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(threads))
+    opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
@@ -241,6 +304,21 @@ def _session(json_path: Path, spec: dict[str, Any], threads: int):
     want = {e["key"] for e in spec["observation"]["keys"]}
     if names != want:
         raise CheckpointError(f"{onnx_path} takes inputs {sorted(names)}, {json_path.name} lists {sorted(want)}")
+    # Shapes: the graph's (batch, *shape) against the JSON's; a symbolic or unknown dimension is not checked.
+    shapes = {e["key"]: list(e["shape"]) for e in spec["observation"]["keys"]}
+    for i in session.get_inputs():
+        graph = _dims(i.shape)[1:]
+        if len(graph) != len(shapes[i.name]) or any(isinstance(g, int) and g != w for g, w in zip(graph, shapes[i.name])):
+            raise CheckpointError(f"{json_path}: observation.keys {i.name!r} has shape {shapes[i.name]}, but "
+                                  f"{onnx_path.name} takes {graph} (after the batch axis); re-export both together")
+    outputs = {o.name: _dims(o.shape) for o in session.get_outputs()}
+    if "action" not in outputs:
+        raise CheckpointError(f"{onnx_path} has no 'action' output (outputs: {sorted(outputs)}); re-export the policy")
+    n = spec["actions"]["n"]
+    logits = outputs.get("logits", [])
+    if len(logits) >= 2 and isinstance(logits[-1], int) and logits[-1] != n:
+        raise CheckpointError(f"{json_path}: actions.n is {n}, but {onnx_path.name} outputs {logits[-1]} logits per "
+                              "observation; re-export both together")
     return session
 
 

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from oserve_rl.errors import CheckpointError, ConfigError, UnknownNameError
+from oserve_rl.errors import CheckpointError, ConfigError, OServeError, UnknownNameError
 
 FORMAT = "oserve-forecast-predictor"
 FORMAT_VERSION = 1
@@ -69,8 +69,19 @@ def rrmse(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
         return np.where(mean > 0, rmse / np.where(mean > 0, mean, 1.0), np.nan)
 
 
+def _whole(who: str, label: str, v: Any, lo: int) -> None:
+    """A whole-number argument (a Python or numpy integer, or a float with no fraction): ConfigError otherwise."""
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    if not (ok and math.isfinite(v) and float(v).is_integer() and v >= lo):
+        raise ConfigError(f"{who}: {label} must be an integer >= {lo}, got {v!r}")
+
+
 def _as_history(history_counts: np.ndarray, who: str, min_minutes: int, num_types: int | None) -> np.ndarray:
-    h = np.asarray(history_counts, dtype=np.float64)
+    try:
+        h = np.asarray(history_counts, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{who}: history_counts must be a numeric [minutes, types] array of counts, got "
+                          f"{history_counts!r:.80}") from None
     if h.ndim != 2:
         raise ConfigError(f"{who}: history_counts must be [minutes, types], got shape {h.shape}")
     if num_types is not None and h.shape[1] != num_types:
@@ -103,6 +114,8 @@ class Predictor:
         return np.array([self.predict(counts[:t]) for t in range(first_min, len(counts))]).reshape(-1, counts.shape[1])
 
     def _check_first(self, minutes: int, first_min: int) -> None:
+        if isinstance(first_min, (bool, np.bool_)) or not isinstance(first_min, (int, np.integer)):
+            raise ConfigError(f"{self.name}: first_min must be a whole number of minutes (an int), got {first_min!r}")
         if not self.min_history_min <= first_min < minutes:
             raise ConfigError(
                 f"{self.name}: forecasting from minute {first_min} of a {minutes}-minute series; "
@@ -146,7 +159,8 @@ class EWMAPredictor(Predictor):
     name = "ewma"
 
     def __init__(self, alpha: float = 0.5):
-        if not 0 < alpha <= 1:
+        if (isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating))
+                or not 0 < alpha <= 1):
             raise ConfigError(f"ewma: alpha must be in (0, 1], got {alpha!r}")
         self.alpha = float(alpha)
 
@@ -174,8 +188,7 @@ class MovingAveragePredictor(Predictor):
     name = "moving-average"
 
     def __init__(self, window: int = 5):
-        if int(window) != window or window < 1:
-            raise ConfigError(f"moving-average: window must be an integer >= 1, got {window!r}")
+        _whole("moving-average", "window", window, 1)
         self.window = int(window)
 
     def params(self) -> dict[str, Any]:
@@ -206,6 +219,7 @@ class OraclePredictor(Predictor):
 
     def __init__(self, true_counts: np.ndarray, start_min: int = 0):
         self.true_counts = _as_history(true_counts, self.name, 1, None)
+        _whole("oracle", "start_min", start_min, 0)
         self.num_types = self.true_counts.shape[1]
         self.start_min = int(start_min)
 
@@ -276,6 +290,17 @@ def _left_pad(history: np.ndarray, history_min: int) -> np.ndarray:
     return h
 
 
+LSTM_MAX_COUNT = 1e30  # the network runs in float32 (max ~3.4e38): larger counts would overflow to inf/NaN
+
+
+def _check_lstm_range(h: np.ndarray) -> np.ndarray:
+    """Counts the float32 network can carry: larger ones would come out as NaN, so they are refused."""
+    if h.size and h.max() > LSTM_MAX_COUNT:
+        raise ConfigError(f"lstm: history_counts must be <= {LSTM_MAX_COUNT:g} requests a minute (the network runs "
+                          f"in float32), got a maximum of {h.max():g}")
+    return h
+
+
 class LSTMPredictor(Predictor):
     """OServe's forecaster: one LSTM per type, last ``history_min`` minutes -> next minute.
 
@@ -303,10 +328,11 @@ class LSTMPredictor(Predictor):
     ):
         for label, v, lo in (("num_types", num_types, 1), ("history_min", history_min, 2),
                              ("hidden_size", hidden_size, 1), ("num_layers", num_layers, 1)):
-            if int(v) != v or v < lo:
-                raise ConfigError(f"lstm: {label} must be an integer >= {lo}, got {v!r}")
-        if not eps > 0:
-            raise ConfigError(f"lstm: eps must be > 0, got {eps!r}")
+            _whole("lstm", label, v, lo)
+        _whole("lstm", "seed", seed, 0)
+        if (isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating))
+                or not (math.isfinite(eps) and eps > 0)):
+            raise ConfigError(f"lstm: eps must be a finite number > 0, got {eps!r}")
         torch = _torch()
         self.num_types, self.history_min = int(num_types), int(history_min)
         self.hidden_size, self.num_layers, self.eps, self.seed = int(hidden_size), int(num_layers), float(eps), int(seed)
@@ -347,11 +373,11 @@ class LSTMPredictor(Predictor):
                 torch.set_num_threads(n)
 
     def predict(self, history_counts: np.ndarray) -> np.ndarray:
-        h = _as_history(history_counts, self.name, 1, self.num_types)
+        h = _check_lstm_range(_as_history(history_counts, self.name, 1, self.num_types))
         return self._forward_small(_left_pad(h, self.history_min)[None])[0]
 
     def predict_series(self, counts: np.ndarray, first_min: int, batch: int = 4096) -> np.ndarray:
-        counts = _as_history(counts, self.name, 0, self.num_types)
+        counts = _check_lstm_range(_as_history(counts, self.name, 0, self.num_types))
         self._check_first(len(counts), first_min)
         H = self.history_min
         # Left-pad the whole series once so that every window is a plain slice.
@@ -395,7 +421,9 @@ def make_predictor(name: str, **kwargs: Any) -> Predictor:
         raise UnknownNameError("predictor", name, PREDICTORS)
     try:
         return PREDICTORS[key](**kwargs)
-    except TypeError as exc:  # wrong keyword: name what is accepted
+    except OServeError:  # the constructor's own message names the argument
+        raise
+    except (TypeError, ValueError) as exc:  # wrong keyword: name what is accepted
         import inspect
 
         accepted = [p for p in inspect.signature(PREDICTORS[key].__init__).parameters if p != "self"]
@@ -423,7 +451,7 @@ def load_predictor(path: str | Path) -> Predictor:
         raise CheckpointError(f"{meta_path}: unknown predictor kind {name!r} (valid: {', '.join(predictor_names())})")
     try:
         predictor = PREDICTORS[name](**meta.get("params", {}))
-    except (TypeError, ConfigError) as exc:
+    except (TypeError, ValueError) as exc:  # a ConfigError from the constructor too: the file is at fault
         raise CheckpointError(f"{meta_path}: bad parameters for {name!r}: {exc}") from None
     if isinstance(predictor, LSTMPredictor):
         predictor.info = dict(meta.get("info") or {})

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -91,6 +92,33 @@ def load_params(path: str | None = None) -> dict:
     return doc
 
 
+def _check_whole(where: str, name: str, value, low: int = 1) -> None:
+    """A whole-number argument (tp, pp): 2.7 is refused, not truncated to 2."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        ok = math.isfinite(value) and float(value).is_integer() and value >= low
+    if not ok:
+        raise ConfigError(f"{where}: {name} must be a whole number >= {low}, got {value!r}")
+
+
+def _check_link(where: str, name: str, value) -> None:
+    """An interconnect bandwidth: None (the GPU's own) or finite Gbit/s > 0."""
+    if value is None:
+        return
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and value > 0)):
+        raise ConfigError(f"{where}: {name} must be a finite bandwidth in Gbit/s > 0 (or None for the GPU's own), "
+                          f"got {value!r}")
+
+
+def _check_sizes(where: str, **sizes) -> None:
+    """Token counts and batch sizes of the public helpers: finite numbers >= 0 (a negative or NaN size would give a
+    negative, zero or NaN time). Not used on the simulator's per-iteration path (``cost`` / ``iteration_s_agg``)."""
+    for name, v in sizes.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not (0 <= v < math.inf):
+            raise ConfigError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
+
+
 def check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
     """vLLM's own rules: TP splits attention heads and the FFN evenly; KV heads split or replicate."""
     where = f"{model.name} at tp={tp}, pp={pp}"
@@ -118,6 +146,11 @@ class ReplicaPerf:
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, pp: int = 1, link_gbps: float | None = None,
                  inter_node_gbps: float | None = None, params: dict | None = None):
+        where = f"replica perf of {getattr(model, 'name', model)} on {getattr(gpu, 'name', gpu)}"
+        _check_whole(where, "tp", tp)
+        _check_whole(where, "pp", pp)
+        _check_link(where, "link_gbps", link_gbps)
+        _check_link(where, "inter_node_gbps", inter_node_gbps)
         check_parallelism(model, tp, pp)
         self.model, self.gpu, self.tp, self.pp = model, gpu, tp, pp
         doc = params or load_params()
@@ -252,6 +285,7 @@ class ReplicaPerf:
 
     def decode_steps_s(self, batch_size: int, total_context_tokens: int, k: int) -> float:
         """Closed-form time of k consecutive pure-decode steps (context grows by ``batch_size`` per step)."""
+        _check_sizes("decode_steps_s", batch_size=batch_size, total_context_tokens=total_context_tokens, k=k)
         base, slope = self.decode_step_coeffs(batch_size)
         return k * base + slope * (k * total_context_tokens + batch_size * k * (k - 1) / 2.0)
 
@@ -271,14 +305,18 @@ class ReplicaPerf:
 
     def prefill_s(self, prompt_tokens: int, batch_size: int = 1) -> float:
         """One iteration that prefills ``batch_size`` prompts of ``prompt_tokens`` tokens (no chunking)."""
+        _check_sizes("prefill_s", prompt_tokens=prompt_tokens)
+        _check_whole("prefill_s", "batch_size", batch_size)
         return self.iteration_s([prompt_tokens] * batch_size, [0] * batch_size, [])
 
     def decode_s(self, batch_size: int, context_tokens: int) -> float:
         """One decode step of ``batch_size`` sequences each holding ``context_tokens``."""
+        _check_sizes("decode_s", batch_size=batch_size, context_tokens=context_tokens)
         return self.iteration_s_agg(batch_size, batch_size, 0.0, batch_size, batch_size * context_tokens)
 
     def standalone_latency_s(self, input_tokens: int, output_tokens: int, engine: EngineConfig | None = None) -> float:
         """E2E latency of one request alone on an idle replica (chunked prefill, then decode)."""
+        _check_sizes("standalone_latency_s", input_tokens=input_tokens, output_tokens=output_tokens)
         engine = engine or EngineConfig()
         chunk, done, t = engine.max_num_batched_tokens, 0, 0.0
         while done < input_tokens:
@@ -361,4 +399,9 @@ def replica_perf(model: str | ModelSpec, gpu: str | GPUSpec, tp: int = 1, pp: in
                  link_gbps: float | None = None, inter_node_gbps: float | None = None) -> ReplicaPerf:
     """The cost model of one replica config (cached: build it as often as you like)."""
     m, g = get_model(model), get_gpu(gpu)
+    where = f"replica perf of {m.name} on {g.name}"
+    _check_whole(where, "tp", tp)
+    _check_whole(where, "pp", pp)
+    _check_link(where, "link_gbps", link_gbps)
+    _check_link(where, "inter_node_gbps", inter_node_gbps)
     return _cached(m.name, g.name, int(tp), int(pp), link_gbps, inter_node_gbps)
