@@ -27,12 +27,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import math
-import numbers
 import sys
 from pathlib import Path
 from typing import Any
 
+from oserve_rl.checks import check_number
 from oserve_rl.errors import ConfigError, OServeError, UnknownNameError
 from oserve_rl.policy import Policy
 
@@ -101,36 +100,6 @@ def _user_policy_class(spec: str) -> type[Policy]:
         raise ConfigError(f"policy {spec!r}: {where} has no Policy subclass {cls_name!r} "
                           f"(Policy subclasses there: {', '.join(found) or 'none'})")
     return cls
-
-
-def check_number(where: str, name: str, value: Any, *, low: float | None = None, low_open: bool = False,
-                 high: float | None = None, integer: bool = False, none_ok: bool = False) -> None:
-    """A policy parameter that must be a finite real (``integer``: a whole number) within ``[low, high]``
-    (``low_open``: ``> low``): raise one ConfigError naming the policy, the parameter and what is valid.
-    Booleans, strings, NaN and infinities are refused; nothing is rounded or clamped."""
-    if none_ok and value is None:
-        return
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-    if ok:
-        try:
-            ok = math.isfinite(value) and (not integer or float(value).is_integer())
-        except (TypeError, ValueError, OverflowError):
-            ok = False
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        if low is not None and high is not None:
-            rule = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-        elif low is not None:
-            rule = f"{'>' if low_open else '>='} {low:g}"
-        else:
-            rule = f"<= {high:g}" if high is not None else ""
-        kind = "an integer" if integer else "a finite number"
-        text = f"{kind} {rule}".strip() if integer else (f"{rule} (a finite number)" if rule else kind)
-        also = " (or None)" if none_ok else ""
-        raise ConfigError(f"{where}: {name} must be {text}{also}, got {value!r}")
 
 
 def make_policy(name: str, **params: Any) -> Policy:

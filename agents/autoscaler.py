@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from oserve_rl.checks import check_number
 from oserve_rl.cluster import ReplicaConfig, enumerate_replica_configs
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, Decision, Policy, PolicyContext, place_near
@@ -34,7 +35,6 @@ class ThresholdAutoscaler(Policy):
     def __init__(self, config: str | None = None, queue_high: float = 4.0, queue_low: float = 0.5,
                  kv_high: float = 0.85, kv_low: float = 0.4, up_cooldown_s: float = 60.0,
                  down_cooldown_s: float = 300.0, step: int = 1, min_replicas: int = 1, initial_fraction: float = 1.0):
-        from oserve_rl.agents import check_number
 
         where = self.name
         if config is not None and not isinstance(config, str):

@@ -62,7 +62,13 @@ from typing import Any
 
 import numpy as np
 
-from oserve_rl.cluster import Deployment, enumerate_deployments, enumerate_replica_configs, estimate_switch_downtime_s
+from oserve_rl.checks import check_number
+from oserve_rl.cluster import (
+    Deployment,
+    enumerate_deployments,
+    enumerate_replica_configs,
+    estimate_switch_downtime_s,
+)
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, Decision, Policy, PolicyContext, place_near
 from oserve_rl.sched import (
@@ -145,7 +151,6 @@ class OServe(Policy):
                  latency_aware: bool = True, headroom: float = 1.2, peak_window_min: int = 10,
                  latency_switch_max_util: float = 0.5, dispatch: str = "partition", spill: float = 0.05,
                  plan_load: str = "capacity", dispatch_load: str = "current"):
-        from oserve_rl.agents import check_number
 
         where = self.name
         if dispatch_load not in DISPATCH_LOADS:
@@ -171,11 +176,8 @@ class OServe(Policy):
         check_number(where, "hysteresis", hysteresis, low=0)
         check_number(where, "amortise_s", amortise_s, low=0, low_open=True)
         check_number(where, "patience", patience, low=1, integer=True)
-        if not (tpot_bound is None or (isinstance(tpot_bound, str) and tpot_bound == "slo")
-                or (isinstance(tpot_bound, (int, float, np.integer, np.floating))
-                    and not isinstance(tpot_bound, (bool, np.bool_)) and math.isfinite(tpot_bound) and tpot_bound > 0)):
-            raise ConfigError(f"{self.name}: tpot_bound must be 'slo', a finite number of seconds > 0, or null; "
-                              f"got {tpot_bound!r}")
+        if not (tpot_bound is None or tpot_bound == "slo"):  # else seconds
+            check_number(where, "tpot_bound", tpot_bound, low=0, low_open=True)
         check_number(where, "min_switch_interval_s", min_switch_interval_s, low=0)
         check_number(where, "seed", seed, low=0, integer=True)
         self.hysteresis, self.amortise_s, self.patience = float(hysteresis), float(amortise_s), int(patience)
@@ -273,9 +275,10 @@ class OServe(Policy):
                 if side0 is not last_side0:  # a new type split; the replica splits after it share its rows
                     rows_n = np.stack([n * side0[None, :], n * ~side0[None, :]], axis=1).reshape(-1, n.shape[1])
                     last_side0 = side0
-                    on0 = side0.tolist()
-                    bound0 = LoadScaleBound(n_l, [v if s else 0.0 for v, s in zip(lam_l, on0)])
-                    bound1 = LoadScaleBound(n_l, [0.0 if s else v for v, s in zip(lam_l, on0)])
+                    if need > 0:  # the bounds only rule partitions out against a floor
+                        on0 = side0.tolist()
+                        bound0 = LoadScaleBound(n_l, [v if s else 0.0 for v, s in zip(lam_l, on0)])
+                        bound1 = LoadScaleBound(n_l, [0.0 if s else v for v, s in zip(lam_l, on0)])
                 if need > 0 and (bound0(split) < floor or bound1([c - k for c, k in zip(counts_l, split)]) < floor):
                     continue
                 sp = np.array(split, dtype=float)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from oserve_rl.checks import check_number
 from oserve_rl.cluster import Deployment, enumerate_deployments
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, Decision, Policy, PolicyContext
@@ -59,7 +60,6 @@ class VLLMStatic(Policy):
     def __init__(self, router: str = "least_work", deployment: str | None = None, sweep_s: float | None = None):
         if router not in ROUTERS:
             raise ConfigError(f"vllm_static: router must be one of {', '.join(ROUTERS)}, got {router!r}")
-        from oserve_rl.agents import check_number
 
         if deployment is not None and not isinstance(deployment, str):
             raise ConfigError(f"{self.name}: deployment must be a deployment spec string such as '2xTP4+8xTP1' "

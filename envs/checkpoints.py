@@ -28,31 +28,37 @@ def run_dir_of(path: Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def _saved_config(path: str | Path) -> tuple[dict[str, Any], Path] | tuple[None, None]:
+    """(the train config saved beside a checkpoint, its file): train.py's ``config.yaml`` in the run directory,
+    found from the model file or a folder up to two levels below the run (RLlib's checkpoint/...)."""
+    run = run_dir_of(Path(path))
+    for cand in (run, run.parent, run.parent.parent):
+        cfg_path = cand / "config.yaml"
+        if cfg_path.is_file():
+            return read_yaml_mapping(cfg_path), cfg_path
+    return None, None
+
+
 def saved_env_config(path: str | Path) -> DeployEnvConfig:
     """The env config saved beside a checkpoint (file or directory)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
-    run = run_dir_of(p)
-    for cand in (run, run.parent, run.parent.parent):
-        cfg_path = cand / "config.yaml"
-        if cfg_path.is_file():
-            return make_config(read_yaml_mapping(cfg_path).get("env", {}))
-    raise CheckpointError(f"no config.yaml beside checkpoint {p}: cannot tell which env it was trained on "
-                          "(train.py writes one into every run directory)")
+    cfg, _ = _saved_config(p)
+    if cfg is None:
+        raise CheckpointError(f"no config.yaml beside checkpoint {p}: cannot tell which env it was trained on "
+                              "(train.py writes one into every run directory)")
+    return make_config(cfg.get("env", {}))
 
 
 def saved_kind(path: str | Path) -> tuple[str | None, Path | None]:
     """(the checkpoint kind the run's config.yaml records, that file): ``rllib`` for the RLlib backend, else its
     ``algo``; (None, None) where no config says."""
-    run = run_dir_of(Path(path))
-    for cand in (run, run.parent, run.parent.parent):
-        cfg_path = cand / "config.yaml"
-        if cfg_path.is_file():
-            cfg = read_yaml_mapping(cfg_path)
-            kind = "rllib" if cfg.get("backend") == "rllib" else cfg.get("algo")
-            return (kind if kind in KINDS else None), cfg_path
-    return None, None
+    cfg, cfg_path = _saved_config(path)
+    if cfg is None:
+        return None, None
+    kind = "rllib" if cfg.get("backend") == "rllib" else cfg.get("algo")
+    return (kind if kind in KINDS else None), cfg_path
 
 
 def check_kind(kind: str, path: str | Path) -> None:

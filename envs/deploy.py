@@ -49,15 +49,17 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
 from oserve_rl.agents.static import ROUTERS as STATIC_ROUTERS
-from oserve_rl.catalog import get_cluster, get_gpu, get_model
-from oserve_rl.cluster import Deployment, parse_deployment
 from oserve_rl.envs.config import DeployEnvConfig, make_config
+
+from oserve_rl.catalog import get_cluster, get_gpu, get_model
+from oserve_rl.checks import is_seed
+from oserve_rl.cluster import Deployment, parse_deployment
 from oserve_rl.errors import ConfigError
 from oserve_rl.policy import ClusterState, ControlLoop, Decision, Scenario, place_near
 from oserve_rl.policy.forecasting import load_forecaster
 from oserve_rl.sim.requests import STATUS_COMPLETED, STATUS_REJECTED
+from oserve_rl.workload import trace_span_s
 
 KEEP, OSERVE = 0, 1
 RESET_OPTIONS = ("scenario", "data_seed", "episode", "initial", "initial_router")
@@ -99,7 +101,7 @@ class DeployEnv(gym.Env):
         trace = pick(c.traces)
         start: float | str = c.start
         if c.start == "random" and c.episode_s is not None:
-            span = _trace_span_s(trace)
+            span = trace_span_s(trace)
             starts = np.arange(0.0, max(60.0, span - c.episode_s), 60.0)
             held = np.zeros(len(starts), dtype=bool)
             for v in c.validation_windows:  # keep validation windows out of training episodes
@@ -114,7 +116,7 @@ class DeployEnv(gym.Env):
                         slo_ttft_s=c.slo_ttft_s, slo_tpot_s=c.slo_tpot_s, typer_seed=0), seed
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        if seed is not None and not is_seed(seed):
             raise ConfigError(f"reset(seed={seed!r}): the seed must be a whole number >= 0, or None")
         if options is not None and not isinstance(options, Mapping):
             raise ConfigError(f"reset(options={options!r}): expected a mapping of reset options "
@@ -134,10 +136,7 @@ class DeployEnv(gym.Env):
         else:
             if "scenario" in options:
                 scen = _scenario_option(options["scenario"])
-                data_seed = options.get("data_seed", 0)
-                if isinstance(data_seed, bool) or not isinstance(data_seed, (int, np.integer)) or data_seed < 0:
-                    raise ConfigError(f"reset option data_seed={data_seed!r}: must be a whole number >= 0")
-                data_seed = int(data_seed)
+                data_seed = options.get("data_seed", 0)  # Scenario.build checks it
             elif "data_seed" in options:  # a drawn scenario's data seed comes from the reset seed
                 raise ConfigError("reset option data_seed needs a scenario (options={'scenario': ..., 'data_seed': "
                                   "N}); without one, the reset seed draws the scenario and its data seed")
@@ -311,22 +310,15 @@ def _dep_features(dep: Deployment | None, num_gpus: int, max_replicas: int) -> n
     return f
 
 
-@lru_cache(maxsize=8)
-def _trace_span_s(trace: str) -> float:
-    from oserve_rl.workload import load_trace
-
-    tr = load_trace(trace)
-    return float(tr.arrival_s[-1] - tr.arrival_s[0])
-
-
 @lru_cache(maxsize=32)
 def _candidates(cluster: str, model: str, type_lengths: tuple[tuple[float, float], ...], k: int,
                 tpot_bound_s: float | None) -> list[Deployment]:
     """K candidate deployments: all homogeneous ones plus OServe's picks for demand mixes (see module doc)."""
     from oserve_rl.agents.oserve import _tables
+
     from oserve_rl.cluster import enumerate_replica_configs
     from oserve_rl.perf import EngineConfig
-    from oserve_rl.sched import flow_guided_search, solve_dispatch
+    from oserve_rl.sched import flow_guided_search, load_scale
 
     spec, model = get_cluster(cluster), get_model(model).name
     engine = EngineConfig()
@@ -345,14 +337,15 @@ def _candidates(cluster: str, model: str, type_lengths: tuple[tuple[float, float
         res = flow_guided_search(model, spec, m / m.sum(), table, engine=engine, seed=0)
         pool.setdefault(res.deployment.spec_string(), res.deployment)
     lam_ref = np.ones(J) / J
-    ranked = sorted(pool.values(), key=lambda d: (-solve_dispatch(table.for_deployment(d), lam_ref).alpha,
-                                                 d.spec_string()))
+    ranked = sorted(pool.values(), key=lambda d: (-load_scale(table.for_deployment(d), lam_ref), d.spec_string()))
     return ranked[:k]
 
 
 def _action_index(action: Any, num_actions: int) -> int:
     """An action as an int: integer scalars and one-element integer arrays (what vectorised code hands over).
     A float is refused rather than truncated (2.7 would silently be candidate 0)."""
+    if isinstance(action, (int, np.integer)) and not isinstance(action, bool):
+        return int(action)  # what trainers hand over: no array round trip per step
     a = np.asarray(action)
     if a.size != 1 or a.ndim > 1 or not np.issubdtype(a.dtype, np.integer):
         raise ConfigError(f"action {action!r}: expected one integer in [0, {num_actions}) (Discrete({num_actions}))")

@@ -3,7 +3,6 @@ evaluate.py or ``python -m oserve_rl`` parses with today's flags, and their Pyth
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -52,11 +52,7 @@ def _parser(program: str):
         from oserve_rl.__main__ import build_parser
 
         return build_parser()
-    spec = importlib.util.spec_from_file_location(Path(program).stem + "_cli", ROOT / program)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod.build_parser()
+    return load_script(ROOT / program, Path(program).stem + "_cli").build_parser()
 
 
 COMMANDS = _commands()

@@ -8,14 +8,13 @@ is caught. One test simulates a 120 s episode of one policy (run.json's window).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from oserve_rl.errors import CheckpointError, ConfigError, TraceError
+from scriptload import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["--cluster", "h100x16", "--model", "llama-2-70b", "--trace", "azure-conv", "--rate-scale", "2",
@@ -24,15 +23,7 @@ BASE = ["--cluster", "h100x16", "--model", "llama-2-70b", "--trace", "azure-conv
 AZURE_CONV_SPAN_S = 3501.7
 
 
-def _load_evaluate_script():
-    spec = importlib.util.spec_from_file_location("evaluate_cli_under_test", ROOT / "evaluate.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cli = _load_evaluate_script()
+cli = load_script(ROOT / "evaluate.py", "evaluate_cli_under_test")
 
 
 @pytest.fixture

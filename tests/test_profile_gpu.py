@@ -7,7 +7,6 @@ optional in the default environment, so the runs skip without it.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scriptload import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "profile_gpu.py"
@@ -29,15 +29,7 @@ TINY_GELU = "acme/tiny-gelu:n_head=2,n_kv_head=2,n_embd=32,ffn=64,vocab=100,gate
 MAX_MODEL_LEN = 128
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("profile_gpu", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["profile_gpu"] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pg = _load_script()
+pg = load_script(SCRIPT, "profile_gpu")
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

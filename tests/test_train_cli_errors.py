@@ -3,8 +3,6 @@ run directory is created or written. No training runs here (each test takes seco
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import pytest
 import yaml
 
 from oserve_rl.errors import ConfigError
+from scriptload import load_script
 from oserve_rl.train.config import load_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +43,7 @@ def _write(tmp_path: Path, cfg: dict[str, Any], name: str = "cfg.yaml") -> Path:
 
 @pytest.fixture(scope="module")
 def train_cli():
-    spec = importlib.util.spec_from_file_location("train_cli_under_test", ROOT / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(ROOT / "train.py", "train_cli_under_test")
 
 
 def _main(train_cli, capsys, *argv: str) -> tuple[int, str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from oserve_rl.checks import is_seed
 from oserve_rl.errors import ConfigError, OServeError
 from oserve_rl.policy import EpisodeResult, Policy, Scenario, run_policy
 
@@ -148,10 +149,9 @@ def trace_window(scenario: Scenario) -> dict[str, Any]:
     and switches in the empty tail count), while the latency and throughput figures cover the requests there are.
     Spans are the unscaled trace's (``rate_scale`` keeps it, but for up to 30 s of copies' jitter).
     """
-    from oserve_rl.workload import load_trace
+    from oserve_rl.workload import trace_span_s
 
-    trace = load_trace(scenario.trace) if isinstance(scenario.trace, str) else scenario.trace
-    span_s = float(trace.arrival_s[-1] - trace.arrival_s[0]) if len(trace) else 0.0
+    span_s = trace_span_s(scenario.trace) if isinstance(scenario.trace, str) else scenario.trace.duration_s
     if scenario.start_s == "random":  # drawn per seed, inside the trace unless the window is longer than it
         start_s: float | str = "random"
         dur_s = span_s if scenario.duration_s is None else float(scenario.duration_s)
@@ -186,7 +186,7 @@ def check_run_options(seeds: Sequence[int], *, interval_s: float, decision_time_
     when sizing the progress bars; a negative seed would fail deep inside numpy)."""
     if not seeds:
         raise ConfigError("evaluate: no seeds given")
-    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+    bad = [s for s in seeds if not is_seed(s)]
     if bad:
         raise ConfigError(f"evaluate: seeds must be whole numbers >= 0 (numpy generator seeds), got {bad[0]!r}")
     if len(set(seeds)) != len(seeds):

@@ -35,6 +35,7 @@ import abc
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -400,21 +401,26 @@ def cpu_binding(spec: ReplicaSpec, available: Sequence[int]) -> str | None:
     return "|".join(",".join(str(c) for c in cores[i * per : (i + 1) * per]) for i in range(ranks))
 
 
-def model_folder_problem(model: str) -> str | None:
+# How to make the model folder the CPU configs name (docs/live.md, "Set-up").
+TINY_MODEL_HINT = ("build the tiny test model with `.venv-vllm/bin/python oserve_rl/live/tiny_model.py "
+                   "runs/live/tiny-llama` (docs/live.md), or pass --model DIR naming a Hugging Face model folder")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name: vLLM downloads these itself
+
+
+def model_folder_problem(model: str, hub_ok: bool = True) -> str | None:
     """What is wrong with ``model`` as a local Hugging Face folder (None: nothing, or a hub id left to vLLM).
 
-    A bare ``org/name`` that is not on disk is a hub id, unless ``org`` is a local folder (``runs/live/x``):
-    then it is a path to a folder that is missing.
+    With ``hub_ok``, a bare ``org/name`` that is not on disk is a hub id, unless ``org`` is a local folder
+    (``runs`` in ``runs/live/x``): then it is a path to a folder that is missing.
     """
-    path = Path(model)
-    looks_local = path.is_absolute() or model.startswith(".") or Path(model.split("/")[0]).is_dir()
-    if not path.exists() and not looks_local:
+    folder = Path(os.path.abspath(model))  # relative paths resolve against the current directory, as vLLM's
+    if (hub_ok and not folder.exists() and _HUB_ID.fullmatch(model)
+            and not Path(model.split("/")[0]).is_dir()):
         return None
-    if not path.is_dir():
-        return (f"folder {os.path.abspath(model)} does not exist; build the tiny test model with "
-                "oserve_rl/live/tiny_model.py (docs/live.md) or name a Hugging Face model folder")
-    if not (path / "config.json").is_file():
-        return f"folder {os.path.abspath(model)} has no config.json, so it is not a Hugging Face model folder"
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if not (folder / "config.json").is_file():
+        return f"folder {folder} has no config.json, so it is not a Hugging Face model folder"
     return None
 
 
@@ -487,7 +493,7 @@ class ProcessBackend(Backend):
         env = self.environment(spec)  # validates the binding before anything is spawned
         problem = model_folder_problem(self.config.model)
         if problem is not None:  # otherwise the server dies in its own log with a transformers OSError
-            raise ConfigError(f"live model {self.config.model!r}: {problem}")
+            raise ConfigError(f"live model {self.config.model!r}: {problem}; {TINY_MODEL_HINT}")
         with self._lock:
             port = self._pick_port()
             safe = "".join(c if c.isalnum() else "-" for c in spec.short()).strip("-")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -102,10 +100,6 @@ def _live_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-# How to make the model folder the CPU configs name (docs/live.md, "Set-up").
-TINY_MODEL_HINT = ("build the tiny test model with `.venv-vllm/bin/python oserve_rl/live/tiny_model.py "
-                   "runs/live/tiny-llama` (docs/live.md), or pass --model DIR naming a Hugging Face model folder")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name: vLLM downloads these itself
 
 
 def _check_replay_speed(args: argparse.Namespace) -> None:
@@ -131,17 +125,11 @@ def _check_model_folder(args: argparse.Namespace, control: Any) -> None:
     fails in its own log (an OSError from transformers) and the run ends with a misleading policy error.
     A bare ``org/name`` is left to vLLM (a hub id, on machines that reach a hub) unless ``org`` is a local
     folder, as ``runs`` in ``runs/tiny``: then it is a path to a folder that is missing."""
-    model = str(control.live.model)
-    folder = Path(os.path.abspath(model))  # relative paths resolve against the current directory, as vLLM's
-    if (not folder.exists() and not args.model and _HUB_ID.fullmatch(model)
-            and not Path(model.split("/")[0]).is_dir()):
-        return
-    source = _model_source(args, control)
-    if not folder.is_dir():
-        raise ConfigError(f"live model folder {folder} ({source}) does not exist; {TINY_MODEL_HINT}")
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"live model folder {folder} ({source}) has no config.json, so it is not a Hugging Face "
-                          f"model folder; {TINY_MODEL_HINT}")
+    from oserve_rl.live.backend import TINY_MODEL_HINT, model_folder_problem
+
+    problem = model_folder_problem(str(control.live.model), hub_ok=not args.model)  # --model names a folder
+    if problem is not None:
+        raise ConfigError(f"live model {problem} ({_model_source(args, control)}); {TINY_MODEL_HINT}")
 
 
 def _run(args: argparse.Namespace) -> int:

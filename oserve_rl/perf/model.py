@@ -286,6 +286,9 @@ class ReplicaPerf:
     def decode_steps_s(self, batch_size: int, total_context_tokens: int, k: int) -> float:
         """Closed-form time of k consecutive pure-decode steps (context grows by ``batch_size`` per step)."""
         _check_sizes("decode_steps_s", batch_size=batch_size, total_context_tokens=total_context_tokens, k=k)
+        return self._decode_steps_s(batch_size, total_context_tokens, k)
+
+    def _decode_steps_s(self, batch_size: int, total_context_tokens: int, k: int) -> float:
         base, slope = self.decode_step_coeffs(batch_size)
         return k * base + slope * (k * total_context_tokens + batch_size * k * (k - 1) / 2.0)
 
@@ -324,7 +327,7 @@ class ReplicaPerf:
             t += self.iteration_s_agg(c, 1, c * (done + (c + 1) / 2.0), 0, 0)
             done += c
         k = max(int(output_tokens) - 1, 0)
-        return t + (self.decode_steps_s(1, int(input_tokens), k) if k else 0.0)
+        return t + (self._decode_steps_s(1, int(input_tokens), k) if k else 0.0)  # sizes checked above
 
     # ------------------------------------------------------------ memory (vLLM's accounting)
     @property

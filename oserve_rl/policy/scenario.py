@@ -14,13 +14,13 @@ the k-means start of the request typer, and the window when
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from oserve_rl.catalog import ClusterSpec, get_cluster, get_model
+from oserve_rl.checks import check_number, is_seed
 from oserve_rl.errors import ConfigError
 from oserve_rl.perf import EngineConfig
 from oserve_rl.workload import RequestTyper, Trace, load_trace
@@ -46,58 +46,18 @@ class Scenario:
     typer_seed: int | None = None    # k-means seed; None: the build seed (the env fixes it so types keep their meaning)
 
     def __post_init__(self) -> None:
-        def real(v: Any) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-
-        def whole(v: Any) -> bool:
-            return real(v) and math.isfinite(v) and float(v).is_integer()
-
-        for name in ("rate_scale", "duration_s", "start_s", "typing_window_s", "slo_ttft_s", "slo_tpot_s",
-                     "num_types", "max_model_len", "typer_seed"):
-            v = getattr(self, name)
-            if v is None and name not in ("rate_scale", "start_s", "typing_window_s", "num_types"):
-                continue
-            if name == "start_s" and isinstance(v, str):
-                continue
-            if not real(v):
-                raise ConfigError(f"scenario: {name} must be a number, got {type(v).__name__} {v!r}")
-        if not (isinstance(self.trace, (str, Trace))):
+        if not isinstance(self.trace, (str, Trace)):
             raise ConfigError(f"scenario: trace must be a trace name or path (str) or a Trace, got {self.trace!r}")
-        if not (math.isfinite(self.typing_window_s) and self.typing_window_s > 0):
-            raise ConfigError(f"scenario: typing_window_s must be seconds > 0 of the trace head to fit the types on, "
-                              f"got {self.typing_window_s!r}")
-        if self.typer_seed is not None and not (whole(self.typer_seed) and self.typer_seed >= 0):
-            raise ConfigError(f"scenario: typer_seed must be a whole number >= 0 (or null: the build seed), "
-                              f"got {self.typer_seed!r}")
-        if self.max_model_len is not None and not whole(self.max_model_len):
-            raise ConfigError(f"scenario: max_model_len must be a whole number of tokens >= 1 (or null for the model's "
-                              f"context), got {self.max_model_len!r}")
-        if not whole(self.num_types):
-            raise ConfigError(f"scenario: num_types must be an integer >= 1, got {self.num_types!r}")
-        if self.duration_s is not None and not math.isfinite(self.duration_s):
-            raise ConfigError(f"scenario: duration_s must be finite seconds > 0 (or omitted for the whole trace), "
-                              f"got {self.duration_s!r}")
-        if not isinstance(self.start_s, str) and not math.isfinite(self.start_s):
-            raise ConfigError(f"scenario: start_s must be finite seconds >= 0 into the trace (or 'random'), "
-                              f"got {self.start_s!r}")
-        if not (math.isfinite(self.rate_scale) and self.rate_scale > 0):
-            raise ConfigError(f"scenario: rate_scale must be > 0, got {self.rate_scale!r}")
-        if self.duration_s is not None and not self.duration_s > 0:
-            raise ConfigError(f"scenario: duration_s must be > 0 (or omitted for the whole trace), got {self.duration_s!r}")
-        if isinstance(self.start_s, str) and self.start_s != "random":
-            raise ConfigError(f"scenario: start_s must be a number of seconds or 'random', got {self.start_s!r}")
-        if not isinstance(self.start_s, str) and not self.start_s >= 0:
-            raise ConfigError(f"scenario: start_s must be seconds >= 0 into the trace (or 'random'), got {self.start_s!r}")
-        if self.max_model_len is not None and (int(self.max_model_len) != self.max_model_len or self.max_model_len < 1):
-            raise ConfigError(f"scenario: max_model_len must be a whole number of tokens >= 1 (or null for the model's "
-                              f"context), got {self.max_model_len!r}")
-        if int(self.num_types) != self.num_types or self.num_types < 1:
-            raise ConfigError(f"scenario: num_types must be an integer >= 1, got {self.num_types!r}")
-        for name in ("slo_ttft_s", "slo_tpot_s"):
-            v = getattr(self, name)
-            if v is not None and not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"scenario: {name} must be a positive number of seconds (or null for none), got {v!r}; "
-                                  "an SLO of 0 or less can never be met")
+        check_number("scenario", "rate_scale", self.rate_scale, low=0, low_open=True)
+        check_number("scenario", "duration_s", self.duration_s, low=0, low_open=True, none_ok=True)  # None: whole trace
+        if self.start_s != "random":
+            check_number("scenario", "start_s", self.start_s, low=0)  # seconds into the trace, or "random"
+        check_number("scenario", "num_types", self.num_types, low=1, integer=True)
+        check_number("scenario", "typing_window_s", self.typing_window_s, low=0, low_open=True)
+        for name in ("slo_ttft_s", "slo_tpot_s"):  # None: no SLO; 0 or less could never be met
+            check_number("scenario", name, getattr(self, name), low=0, low_open=True, none_ok=True)
+        check_number("scenario", "max_model_len", self.max_model_len, low=1, integer=True, none_ok=True)
+        check_number("scenario", "typer_seed", self.typer_seed, low=0, integer=True, none_ok=True)
         get_cluster(self.cluster)  # unknown names fail here, with suggestions
         get_model(self.model)
 
@@ -107,7 +67,7 @@ class Scenario:
         return d
 
     def build(self, seed: int = 0) -> EpisodeData:
-        if (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        if not is_seed(seed):
             raise ConfigError(f"scenario: build seed must be a whole number >= 0 (a numpy generator seed), got {seed!r}")
         cluster = get_cluster(self.cluster)
         model = get_model(self.model).name

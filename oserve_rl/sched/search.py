@@ -97,11 +97,13 @@ class SearchResult:
     start_objective: float = math.nan
     switches: int = 0  # replicas started + stopped relative to ``start``
     unservable_types: tuple[int, ...] = ()
-    _space: _Space | None = field(default=None, repr=False, compare=False)
+    # (table, servable rates) the dispatch is solved with; not the whole search space, whose caches it would keep
+    _dispatch_inputs: tuple[ThroughputTable, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def dispatch(self) -> DispatchResult:
-        return self._space.dispatch(self.deployment)
+        table, lam = self._dispatch_inputs
+        return solve_dispatch(table.for_deployment(self.deployment), lam)
 
 
 @dataclass(frozen=True)
@@ -447,7 +449,7 @@ def flow_guided_search(
     dep = space.deployment(cur, prefer=start_dep)
     return SearchResult(
         deployment=dep, objective=space.alpha(cur), iterations=iterations,
-        evaluations=space.evaluations, wall_s=time.perf_counter() - t0, _space=space,
+        evaluations=space.evaluations, wall_s=time.perf_counter() - t0, _dispatch_inputs=(space.table, space.lam),
         start=start_dep if start_dep is not None else space.deployment(start_counts), start_objective=start_alpha,
         switches=int(np.abs(cur - start_counts).sum()), unservable_types=space.unservable,
     )
@@ -510,7 +512,7 @@ def brute_force_search(
     return SearchResult(
         deployment=dep, objective=space.alpha(best), iterations=shapes,
         evaluations=space.evaluations, wall_s=time.perf_counter() - t0, unservable_types=space.unservable,
-        _space=space,
+        _dispatch_inputs=(space.table, space.lam),
     )
 
 

@@ -40,10 +40,6 @@ ALGOS = ("ppo", "maskable_ppo", "dqn", "a2c")
 RLLIB_ALGO = "ppo"  # the rllib backend trains PPO with action masking, nothing else
 # SB3 seeds np.random with the run's seed, which takes 0..2**32-1 (gymnasium refuses negative seeds).
 MAX_SEED = 2**32 - 1
-# The train.py flag behind each override: a bad value is blamed on the flag, not on the YAML.
-FLAGS = {"backend": "--backend", "algo": "--algo", "total_steps": "--total-steps", "seed": "--seed",
-         "n_envs": "--n-envs", "vec_env": "--vec-env", "init_from": "--init-from", "ray_address": "--ray-address",
-         "num_env_runners": "--num-env-runners"}
 
 
 class EvalWindow(BaseModel):
@@ -173,7 +169,8 @@ def _read(path: str | Path) -> dict[str, Any]:
 
 
 def _flag_text(key: str, value: Any) -> str:
-    return f"{FLAGS.get(key, '--' + key.replace('_', '-'))} {value}"
+    """The train.py flag behind an override, with its value: a bad value is blamed on the flag, not the YAML."""
+    return f"--{key.replace('_', '-')} {value}"
 
 
 def _rllib_algo(cfg: TrainConfig, where: str, flags: dict[str, str]) -> TrainConfig:

@@ -216,7 +216,6 @@ def build_model(cls: Any, cfg: TrainConfig, env: Any, tensorboard_log: str | Non
 def check_hyperparams(cfg: TrainConfig) -> None:
     """``hyperparams`` (and ``init_action_bias``) as ``train_sb3`` will use them, before any run directory exists:
     names and ranges, then a model built on an env of Deploy-v0's spaces (no episode runs; ~0.5 s)."""
-    import torch
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from oserve_rl.envs.deploy import DeployEnv
@@ -224,7 +223,6 @@ def check_hyperparams(cfg: TrainConfig) -> None:
     check_hyperparam_names(cfg.algo, cfg.hyperparams)
     if cfg.init_from:
         return  # the checkpoint brings its own hyperparameters and logits (docs/training.md)
-    torch.set_num_threads(cfg.torch_threads)
     spaces = DeployEnv(cfg.env)  # its constructor only: the spaces, no episode
     env = DummyVecEnv([lambda: SpacesOnlyEnv(spaces.observation_space, spaces.action_space)
                        for _ in range(cfg.n_envs)])

@@ -7,7 +7,6 @@ run directory exists: the names in ``env`` and ``eval``, the validation windows,
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,6 +16,7 @@ from oserve_rl.envs.policies import ENV_POLICIES, env_policy, run_env_episode
 from oserve_rl.errors import ConfigError, OServeError
 from oserve_rl.policy import Scenario
 from oserve_rl.train.config import TrainConfig
+from oserve_rl.workload import trace_span_s
 
 T = TypeVar("T")
 
@@ -29,17 +29,6 @@ def _at(field: str, check: Callable[[], T]) -> T:
         return check()
     except OServeError as e:
         raise ConfigError(f"{field}: {str(e).removeprefix('scenario: ')}") from None
-
-
-@lru_cache(maxsize=16)
-def trace_span_s(trace: str) -> float:
-    """Seconds from the first to the last arrival; loads the trace as the env does (by name, no options)."""
-    from oserve_rl.workload import load_trace
-
-    tr = load_trace(trace)
-    if len(tr) == 0:
-        raise ConfigError(f"trace {trace!r} has no requests")
-    return float(tr.arrival_s[-1] - tr.arrival_s[0])
 
 
 def check_env_names(env_cfg: DeployEnvConfig) -> None:
@@ -88,9 +77,8 @@ def check_eval(cfg: TrainConfig, env_cfg: DeployEnvConfig) -> None:
         _at(f"eval.windows[{i}]", lambda s=scen, d=data_seed: s.build(seed=d))
 
 
-def check_runnable(cfg: TrainConfig, env_cfg: DeployEnvConfig | None = None) -> None:
+def check_runnable(cfg: TrainConfig, env_cfg: DeployEnvConfig) -> None:
     """What ``load_train_config`` checks beyond the schema; errors name the field (the caller adds the file)."""
-    env_cfg = env_cfg or cfg.env_config()
     check_env_names(env_cfg)
     check_eval(cfg, env_cfg)
     if cfg.backend == "rllib":

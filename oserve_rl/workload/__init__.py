@@ -17,6 +17,7 @@ from oserve_rl.workload.loaders import (
     load_mooncake,
     load_trace,
     trace_names,
+    trace_span_s,
 )
 from oserve_rl.workload.servegen import servegen_models, servegen_trace
 from oserve_rl.workload.trace import LONG_INPUT_TOKENS, LONG_OUTPUT_TOKENS, Trace, assign_prefix_groups
@@ -47,4 +48,5 @@ __all__ = [
     "servegen_models",
     "servegen_trace",
     "trace_names",
+    "trace_span_s",
 ]

@@ -182,15 +182,12 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _flag_blank(frame: pd.DataFrame, checker: _RowChecker) -> None:
-    checker.flag(frame.isna().all(axis=1).to_numpy(), "(row)", "blank line", None)
-
-
-def _flag_missing(frame: pd.DataFrame, columns: tuple[str, ...], checker: _RowChecker) -> None:
-    """Empty fields, and fields a short row lacks (pandas reads both as NaN): "missing", as the JSONL loader
-    says, instead of the value check's "expected a whole number, got nan". Call before the value checks: a
-    row's first problem is the one reported."""
+def _flag_blank_and_missing(frame: pd.DataFrame, columns: tuple[str, ...], checker: _RowChecker) -> None:
+    """Blank lines, then empty fields and fields a short row lacks (pandas reads both as NaN): "missing", as the
+    JSONL loader says, instead of the value check's "expected a whole number, got nan". Call before the value
+    checks: a row's first problem is the one reported."""
     blank = frame.isna().all(axis=1).to_numpy()
+    checker.flag(blank, "(row)", "blank line", None)
     for col in columns:
         checker.flag(frame[col].isna().to_numpy() & ~blank, col, "missing (empty, or the row has fewer fields "
                      f"than the header's {len(frame.columns)})", None)
@@ -246,8 +243,7 @@ def _load_azure_cached(path_s: str, _mtime: int, _size: int, sort: bool, skip_ba
     if len(frame) == 0:
         raise TraceError(f"{path}: empty trace (header only, no requests)")
     checker = _RowChecker(path, len(frame), line_offset=1)
-    _flag_blank(frame, checker)
-    _flag_missing(frame, AZURE_COLUMNS, checker)
+    _flag_blank_and_missing(frame, AZURE_COLUMNS, checker)
     raw_ts = frame["TIMESTAMP"].astype("string")
     has_offset = raw_ts.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy()
     valid_text = raw_ts.notna().to_numpy()
@@ -422,8 +418,7 @@ def _load_pool_cached(path_s: str, _mtime: int, _size: int, skip_bad_rows: int):
     if len(frame) == 0:
         raise TraceError(f"{path}: empty length pool (header only)")
     checker = _RowChecker(path, len(frame), line_offset=1)
-    _flag_blank(frame, checker)
-    _flag_missing(frame, POOL_COLUMNS, checker)
+    _flag_blank_and_missing(frame, POOL_COLUMNS, checker)
     inp, _ = _token_column(frame["num_prefill_tokens"], "num_prefill_tokens", checker)
     out, _ = _token_column(frame["num_decode_tokens"], "num_decode_tokens", checker)
     notes: list[str] = []
@@ -547,7 +542,7 @@ def load_trace(name_or_path: str | Path, *, seed: int = 0, **opts: Any) -> Trace
     else:
         trace = _call_with(load_azure, key, path, **opts)
     if arrival is not None:
-        trace = trace.with_arrivals(parse_arrival(arrival), seed=seed, duration_s=duration_s)
+        trace = trace.with_arrivals(arrival, seed=seed, duration_s=duration_s)  # a spec string or a process
     elif duration_s is not None:
         raise ConfigError(f"{key}: duration_s only applies together with arrival= (use Trace.slice to cut a real trace)")
     return trace
@@ -556,3 +551,13 @@ def load_trace(name_or_path: str | Path, *, seed: int = 0, **opts: Any) -> Trace
 def trace_names() -> tuple[str, ...]:
     """Names ``load_trace`` accepts besides file paths."""
     return TRACE_NAMES
+
+
+@functools.lru_cache(maxsize=16)
+def trace_span_s(name: str) -> float:
+    """``load_trace(name).duration_s``, memoised: the span episodes are drawn from and windows checked
+    against (the env draws a window per reset; train.py and evaluate.py check windows before they run)."""
+    trace = load_trace(name)
+    if len(trace) == 0:
+        raise TraceError(f"trace {name!r} has no requests")
+    return trace.duration_s
